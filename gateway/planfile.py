@@ -1,0 +1,79 @@
+"""The plan file (`fleet.yaml`): versioned, validated on load, with errors that name the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+VERSION = 1
+
+# dotted key -> accepted types; every other part of Cardinal reads these.
+REQUIRED: dict[str, tuple[type, ...]] = {
+    "version": (int,),
+    "inputs.model": (str,),
+    "inputs.quant": (str,),
+    "inputs.gpu": (str,),
+    "inputs.engine": (str,),
+    "inputs.workload.prompt_tokens": (int,),
+    "inputs.workload.output_tokens": (int,),
+    "inputs.workload.target_qps": (int, float),
+    "inputs.workload.ttft_slo_s": (int, float),
+    "inputs.workload.tpot_slo_s": (int, float),
+    "inputs.workload.headroom": (int, float),
+    "memory.weights_gib": (int, float),
+    "fit.kind": (str,),
+    "replica.gpus": (int, type(None)),
+    "replica.max_batch": (int, type(None)),
+    "replica.capacity_qps": (int, float, type(None)),
+    "fleet.replicas": (int,),
+    "fleet.gpus": (int,),
+    "cost.monthly_usd": (int, float, type(None)),
+}
+POSITIVE = ("inputs.workload.prompt_tokens", "inputs.workload.output_tokens",
+            "inputs.workload.target_qps", "inputs.workload.ttft_slo_s",
+            "inputs.workload.tpot_slo_s")
+FIT_KINDS = ("gpu", "tensor_parallel", "partial_offload", "moe_offload", "none")
+
+
+class PlanFileError(ValueError):
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def dump(plan: dict[str, Any]) -> str:
+    header = "# Cardinal plan file: written by `cardinal plan -o`, read by render, serve, sim, prove.\n"
+    return header + yaml.safe_dump(plan, sort_keys=False, allow_unicode=True)
+
+
+def load(text: str) -> dict[str, Any]:
+    """Parse and validate a plan file's text."""
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise PlanFileError("a plan file must be a YAML mapping", field="(top level)")
+    version = data.get("version")
+    if version != VERSION:
+        raise PlanFileError(f"unsupported plan version {version!r}; this Cardinal reads version "
+                            f"{VERSION}", field="version")
+    for key, types in REQUIRED.items():
+        value = _get(data, key)
+        if isinstance(value, bool) or not isinstance(value, types):
+            want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise PlanFileError(f"`{key}` must be {want}, got {value!r}", field=key)
+    for key in POSITIVE:
+        if not _get(data, key) > 0:
+            raise PlanFileError(f"`{key}` must be > 0, got {_get(data, key)!r}", field=key)
+    if data["fit"]["kind"] not in FIT_KINDS:
+        raise PlanFileError(f"`fit.kind` must be one of {', '.join(FIT_KINDS)}", field="fit.kind")
+    return data
+
+
+
+def _get(data: dict[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise PlanFileError(f"`{dotted}` is missing", field=dotted)
+        node = node[part]
+    return node

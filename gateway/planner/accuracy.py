@@ -1,0 +1,201 @@
+"""The planner held against real, sourced figures (calibration reference.csv)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import statistics
+from dataclasses import dataclass
+from importlib import resources
+
+from gateway.planner.capacity import Workload
+from gateway.planner.catalog import Catalog, Gpu, Model, Quant
+from gateway.planner.errors import PlanError
+from gateway.planner.fit import GIB, FitInput, fit_options
+from gateway.planner.plan import KV_DTYPES, PlanRequest, speed_model
+from gateway.planner.tensors import param_count
+from gateway.planner.weights import weights
+
+UNITS = {"GiB": GIB, "GB": 1e9, "bytes": 1.0}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Row:
+    kind: str
+    model: str
+    quant: str
+    gpu: str
+    setting: str
+    value: float
+    unit: str
+    source: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Check:
+    row: Row
+    predicted: float | None
+    note: str = ""  # why a row is not modelled
+
+    @property
+    def error(self) -> float | None:
+        if self.predicted is None:
+            return None
+        return (self.predicted - self.row.value) / self.row.value
+
+
+def read_rows(text: str | None = None) -> list[Row]:
+    """Rows of reference.csv (the copy bundled with the planner unless `text` is given)."""
+    if text is None:
+        text = resources.files("gateway.planner").joinpath("data").joinpath(
+            "reference.csv").read_text(encoding="utf-8")
+    return [Row(kind=r["kind"], model=r["model"], quant=r["quant"], gpu=r["gpu"],
+                setting=r["setting"], value=float(r["value"]), unit=r["unit"], source=r["source"])
+            for r in csv.DictReader(io.StringIO(text))]
+
+
+def check_all(catalog: Catalog, rows: list[Row] | None = None) -> list[Check]:
+    return [check(catalog, r) for r in (rows if rows is not None else read_rows())]
+
+
+def check(catalog: Catalog, row: Row) -> Check:
+    try:
+        if row.kind == "size":
+            return _size(catalog, row)
+        if row.kind in ("decode_tps", "prefill_tps", "throughput"):
+            return _speed(catalog, row)
+    except _NotModelled as e:
+        return Check(row=row, predicted=None, note=str(e))
+    return Check(row=row, predicted=None, note=f"kind {row.kind!r} not checked")
+
+
+class _NotModelled(Exception):
+    pass
+
+
+def _strip(s: str) -> str:
+    return re.sub(r"\(.*?\)", "", s).strip()
+
+
+def _model(catalog: Catalog, row: Row) -> Model:
+    try:
+        return catalog.model(_strip(row.model))
+    except PlanError:
+        raise _NotModelled(f"model {row.model!r} is not in the catalog") from None
+
+
+def _quant(catalog: Catalog, row: Row, *, gguf: bool) -> Quant:
+    q = row.quant
+    if q.startswith("UD-") or "mix" in q:
+        raise _NotModelled("custom per-tensor recipe, not a llama-quantize type")
+    name = _strip(q).replace(" 4-bit", "").lower()
+    if gguf and name in ("f16", "f32"):
+        name = f"{name}-gguf"
+    return catalog.quant(name)
+
+
+def _size(catalog: Catalog, row: Row) -> Check:
+    model = _model(catalog, row)
+    if row.unit == "B params":
+        return Check(row=row, predicted=param_count(model, include_mtp=True) / 1e9)
+    gguf = _strip(row.quant) not in ("FP8", "BF16", "FP16")  # the others are GGUF file sizes
+    w = weights(model, _quant(catalog, row, gguf=gguf), catalog)
+    return Check(row=row, predicted=w.total_bytes / UNITS[row.unit])
+
+
+def _gpu(catalog: Catalog, text: str) -> tuple[Gpu, int]:
+    m = re.match(r"^\s*(\d+)\s*x\s*(.*)$", text)
+    count, rest = (int(m.group(1)), m.group(2)) if m else (1, text)
+    rest = re.sub(r"\+ CPU|TP\d+| node", "", _strip(rest)).strip()
+    try:
+        return catalog.gpu(rest), count
+    except PlanError:
+        raise _NotModelled(f"GPU {text!r} is not in the catalog") from None
+
+
+def _engine_id(setting: str) -> str:
+    s = setting.lower()
+    if "mtp" in s:
+        raise _NotModelled("speculative decoding (MTP draft layers) is not modelled")
+    if "sglang" in s or "trtllm-bench" in s or "tensorrt-llm" in s:
+        raise _NotModelled("engine (SGLang / TensorRT-LLM at max load or with expert parallelism) "
+                           "is not modelled")
+    if "sharegpt" in s:
+        raise _NotModelled("ShareGPT prompt/output length mix is not given")
+    if "llama" in s or "vulkan" in s:
+        return "llama.cpp"
+    if "fastertransformer" in s:
+        raise _NotModelled("FasterTransformer is not modelled")
+    return "vllm"  # vLLM, and NVIDIA NIM (a TP serving engine with CUDA graphs)
+
+
+def _numbers(setting: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for key, pat in (("tg", r"tg(\d+)"), ("pp", r"pp(\d+)"), ("ngl", r"-ngl (\d+)"),
+                     ("in", r"in (\d+)"), ("out", r"out (\d+)"), ("conc", r"concurrency ~?(\d+)"),
+                     ("tp", r"TP(\d+)")):
+        m = re.search(pat, setting)
+        if m:
+            out[key] = int(m.group(1))
+    return out
+
+
+def _speed(catalog: Catalog, row: Row) -> Check:
+    engine = catalog.engine(_engine_id(row.setting))
+    model = _model(catalog, row)
+    quant = _quant(catalog, row, gguf=engine.id == "llama.cpp")
+    gpu, count = _gpu(catalog, row.gpu)
+    n = _numbers(row.setting)
+    prompt = n.get("pp") or n.get("in") or 1
+    out = n.get("out") or n.get("tg") or 128
+    w = weights(model, quant, catalog)
+    inp = FitInput(model=model, weights=w, gpu=gpu, engine=engine, context=prompt + out,
+                   kv_dtype_bytes=KV_DTYPES["auto"], gpus_per_replica=n.get("tp") or count,
+                   gpu_layers=n.get("ngl"))
+    fit = fit_options(inp)[0]
+    if not fit.ok:
+        raise _NotModelled(f"does not fit in the planner: {fit.reason}")
+    wl = Workload(prompt_tokens=prompt, output_tokens=out, target_qps=1, ttft_slo_s=1,
+                  tpot_slo_s=1)
+    req = PlanRequest(model=model, quant=quant, gpu=gpu, engine=engine, workload=wl)
+    sp = speed_model(req, w, fit)
+    if row.kind == "prefill_tps":
+        return Check(row=row, predicted=prompt / sp.prefill_s(prompt))
+    if row.kind == "decode_tps":
+        ctx = prompt + out / 2 if "in" in n else out / 2
+        return Check(row=row, predicted=1 / sp.decode_step_s(batch=1, ctx=ctx))
+    conc = n.get("conc")
+    if not conc:
+        raise _NotModelled("concurrency not given")
+    step = sp.decode_step_s(batch=conc, ctx=prompt + out / 2)
+    per_request = sp.prefill_s(prompt) + out * step / conc
+    return Check(row=row, predicted=out / per_request)
+
+
+def summary(checks: list[Check], kind: str) -> dict[str, float | int | None]:
+    errs = [abs(c.error) for c in checks if c.row.kind == kind and c.error is not None]
+    skipped = sum(1 for c in checks if c.row.kind == kind and c.error is None)
+    return {"rows": len(errs), "not_modelled": skipped,
+            "median_abs_error": statistics.median(errs) if errs else None,
+            "max_abs_error": max(errs) if errs else None}
+
+
+def render_table(checks: list[Check]) -> str:
+    """Markdown table of every reference row: real figure, Cardinal's, and the error."""
+    lines = ["| kind | model | quant | gpu | setting | real | Cardinal | error |",
+             "|---|---|---|---|---|---:|---:|---:|"]
+    for c in checks:
+        r = c.row
+        pred = "—" if c.predicted is None else f"{c.predicted:,.4g}"
+        err = c.note if c.error is None else f"{c.error:+.1%}"
+        lines.append(f"| {r.kind} | {r.model} | {r.quant} | {r.gpu} | {r.setting} | "
+                     f"{r.value:,.4g} {r.unit} | {pred} | {err} |")
+    lines.append("")
+    for kind in ("size", "decode_tps", "prefill_tps", "throughput"):
+        s = summary(checks, kind)
+        med = "n/a" if s["median_abs_error"] is None else f"{s['median_abs_error']:.1%}"
+        mx = "n/a" if s["max_abs_error"] is None else f"{s['max_abs_error']:.1%}"
+        lines.append(f"- **{kind}**: {s['rows']} rows modelled, median |error| {med}, "
+                     f"max {mx}; {s['not_modelled']} not modelled")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,120 @@
+"""Decode step time and prefill time: roofline with per engine x memory-class efficiency knobs
+(FORMULAS.md §2.8-2.11)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from gateway.planner.catalog import Engine, Gpu, Model, Quant
+
+PCIE_GB_S = 25.0  # effective host-to-device copy rate of PCIe 4.0 x16, for weights streamed in prefill
+
+
+@dataclass(frozen=True, kw_only=True)
+class Placement:
+    """Where a replica's weights live and how its GPUs cooperate. Byte counts cover the replica;
+    token_embd is left out of every read, since a lookup touches one row."""
+
+    tp: int = 1  # tensor-parallel ranks
+    pp: int = 1  # pipeline stages (vLLM across nodes) or llama.cpp layer-split devices
+    gpu_dense_bytes: float  # read every step on the GPUs
+    gpu_expert_bytes: float = 0.0  # routed experts resident on GPUs (read when routed to)
+    cpu_dense_bytes: float = 0.0  # layers left in host RAM (llama.cpp -ngl)
+    cpu_expert_bytes: float = 0.0  # routed experts in host RAM (llama.cpp --n-cpu-moe)
+    host_bandwidth_gb_s: float = 100.0
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpeedModel:
+    """Everything the step-time formulas need for one replica."""
+
+    model: Model
+    quant: Quant
+    gpu: Gpu
+    engine: Engine
+    placement: Placement
+    kv_bytes_per_token_gpu: float  # per GPU
+    active_params: float  # per token, embedding excluded
+
+    @property
+    def _knobs(self):  # noqa: ANN202 - DecodeKnobs
+        return self.engine.decode[self.gpu.memory_class]
+
+    def expert_fraction(self, batch: float) -> float:
+        """Share of routed experts a step of `batch` tokens reads, with near-uniform routing."""
+        moe = self.model.moe
+        if moe is None:
+            return 1.0
+        k, e = moe.active_experts, moe.routed_experts
+        return 1.0 - (1.0 - k / e) ** max(batch, 1.0)
+
+    def decode_step_s(self, *, batch: float, ctx: float) -> float:
+        """Seconds for one decode step of `batch` sequences whose mean context is `ctx` tokens."""
+        p, g, knobs = self.placement, self.gpu, self._knobs
+        frac = self.expert_fraction(batch)
+        gpu_bytes = p.gpu_dense_bytes + p.gpu_expert_bytes * frac
+        kv_bytes = batch * ctx * self.kv_bytes_per_token_gpu
+        bw = knobs.eta * g.bandwidth_gb_s * 1e9
+        # pipeline stages / layer-split devices run one after another for a given token
+        t_mem = (gpu_bytes / p.tp + kv_bytes * p.pp) / bw
+        t_compute = 2 * self.active_params * batch / (p.tp * self._flops())
+        t_cpu = (p.cpu_dense_bytes + p.cpu_expert_bytes * frac) / (p.host_bandwidth_gb_s * 1e9)
+        return max(t_mem, t_compute) + t_cpu + self._comm_s(batch) + self._fixed_s()
+
+    def prefill_s(self, tokens: int) -> float:
+        """Seconds to prefill one prompt of `tokens` tokens on an otherwise idle replica."""
+        m, p = self.model, self.placement
+        flops = 2 * self.active_params * tokens + m.num_layers * tokens**2 * self._attn_width()
+        t_compute = flops / (p.tp * self._flops())
+        chunk = 512 if self.engine.multi_gpu == "layer_split" else self.engine.max_num_batched_tokens
+        passes = math.ceil(tokens / chunk)
+        bw = self._knobs.eta * self.gpu.bandwidth_gb_s * 1e9
+        t_weights = passes * (p.gpu_dense_bytes + p.gpu_expert_bytes) / p.tp / bw
+        # llama.cpp copies host-resident weights to the GPU for large batches (op offload)
+        t_host = passes * (p.cpu_dense_bytes + p.cpu_expert_bytes) / (PCIE_GB_S * 1e9)
+        return max(t_compute, t_weights) + t_host + self._fixed_s()
+
+    def _flops(self) -> float:
+        """Achieved FLOP/s of one GPU on this quantization's GEMMs."""
+        eta = self.engine.prefill_eta[self.gpu.memory_class]
+        peak = self.gpu.peak_tflops(self.quant.compute) * 1e12
+        if self.quant.is_gguf and self.quant.ftype not in ("f16", "f32", "bf16"):
+            eta *= self.engine.kquant_prefill_factor
+        return eta * peak
+
+    def _attn_width(self) -> float:
+        """heads x (d_qk + d_v): the causal attention FLOPs per layer per token pair."""
+        m = self.model
+        if m.mla:
+            return m.num_heads * (m.mla.qk_nope_head_dim + m.mla.qk_rope_head_dim + m.mla.v_head_dim)
+        return m.num_heads * 2 * m.head_dim
+
+    def _comm_s(self, batch: float) -> float:
+        p = self.placement
+        if p.tp == 1 or self.gpu.link_gb_s <= 0:
+            return 0.0
+        m = self.model
+        volume = 2 * (p.tp - 1) / p.tp * batch * m.hidden_size * 2  # ring all-reduce, 16-bit
+        per = self.engine.allreduce_latency_us * 1e-6 + volume / (self.gpu.link_gb_s * 1e9)
+        return 2 * m.num_layers * per  # two all-reduces per layer
+
+    def _fixed_s(self) -> float:
+        moe_layers = len(self.model.moe_layers()) if self.model.moe else 0
+        return (self._knobs.t_fixed_ms + self.engine.moe_layer_ms * moe_layers) / 1000
+
+    def decode_tokens_per_s(self, *, ctx: float) -> float:
+        return 1.0 / self.decode_step_s(batch=1, ctx=ctx)
+
+
+def active_params(model: Model, *, params_by_group: dict[str, int]) -> float:
+    """Parameters one token multiplies through (embedding lookup excluded, routed experts pro rata)."""
+    dense = sum(v for k, v in params_by_group.items() if k not in ("embd", "experts", "mtp"))
+    if model.moe is None:
+        return float(dense)
+    share = model.moe.active_experts / model.moe.routed_experts
+    return dense + params_by_group.get("experts", 0) * share
