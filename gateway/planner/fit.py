@@ -59,10 +59,12 @@ class Fit:
             return 0
         return int(self.kv_budget_bytes_per_gpu / self.kv_bytes_per_token_gpu)
 
-    @property
-    def gpu_gib_per_gpu(self) -> float:
-        return (self.weights_gpu_bytes / self.gpus + self.kv_budget_bytes_per_gpu
-                + self.reserve_bytes_per_gpu) / GIB
+    def gpu_gib_per_gpu(self, *, kv_tokens: int | None = None) -> float:
+        """GPU memory each card uses: all of the KV budget (vLLM pre-allocates it) or only
+        `kv_tokens` worth of cache (llama.cpp allocates its context up front)."""
+        kv = self.kv_budget_bytes_per_gpu if kv_tokens is None else \
+            min(kv_tokens * self.kv_bytes_per_token_gpu, self.kv_budget_bytes_per_gpu)
+        return (self.weights_gpu_bytes / self.gpus + kv + self.reserve_bytes_per_gpu) / GIB
 
     @property
     def cpu_ram_gib(self) -> float:

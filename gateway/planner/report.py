@@ -54,6 +54,8 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
     out_tok_h = wl.target_qps * wl.output_tokens * 3600
     hourly = None if monthly is None else monthly / 730
     groups = plan.weights.bytes_by_group()
+    tp_engine = req.engine.multi_gpu == "tensor_parallel"
+    kv_alloc = fit.kv_tokens if tp_engine or not rep else rep.max_batch * wl.context
     kv_tok = kv_bytes_per_token(req.model, req.engine, dtype_bytes=KV_DTYPES[req.kv_dtype],
                                 mla_layout=req.mla_cache)
     return {
@@ -65,7 +67,9 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
             "weights_by_group_gib": {k: _r(v / GIB) for k, v in sorted(groups.items())},
             "kv_bytes_per_token": _r(kv_tok, 1),
             "kv_cache_tokens": fit.kv_tokens if fit.ok else None,
-            "gpu_gib": _r(fit.gpu_gib_per_gpu) if fit.ok else None,
+            "gpu_gib": _r(fit.gpu_gib_per_gpu(kv_tokens=None if tp_engine else kv_alloc))
+            if fit.ok else None,
+            "kv_cache_allocated_tokens": kv_alloc if fit.ok else None,
             "gpu_total_gib": req.gpu.memory_gib,
             "cpu_ram_gib": _r(fit.cpu_ram_gib) if fit.ok else None,
         },
