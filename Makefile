@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 DEMO_PLAN := --model deepseek-r1-distill-qwen-32b --quant awq --gpu a100-80gb-sxm --engine vllm \
 	--target-qps 75 --prompt-tokens 512 --output-tokens 256 --ttft-slo 2s --tpot-slo 50ms
 
-.PHONY: demo test bench accuracy seeds lint clean
+.PHONY: demo test bench accuracy seeds docs lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,10 +26,12 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.bench
 
 accuracy: $(STAMP)
-	$(BIN)/cardinal check-accuracy
+	$(BIN)/cardinal check-accuracy -o docs/accuracy.md
 
 seeds: $(STAMP)
 	$(BIN)/cardinal seeds -o docs/seeds.md
+
+docs: accuracy seeds
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway tests

@@ -1,0 +1,41 @@
+"""`make bench`: how fast the planner answers, measured in one run on this machine."""
+
+from __future__ import annotations
+
+import time
+
+from gateway.planner.accuracy import check_all
+from gateway.planner.capacity import Workload
+from gateway.planner.catalog import load_catalog
+from gateway.planner.plan import PlanRequest, make_plan
+
+
+def _plans(catalog, gpus: list[str]) -> int:  # noqa: ANN001
+    wl = Workload(prompt_tokens=512, output_tokens=256, target_qps=10, ttft_slo_s=2,
+                  tpot_slo_s=0.05)
+    n = 0
+    for model in catalog.models.values():
+        for quant, engine in (("awq", "vllm"), ("fp8", "vllm"), ("q4_k_m", "llama.cpp")):
+            for gpu in gpus:
+                make_plan(PlanRequest(model=model, quant=catalog.quant(quant),
+                                      gpu=catalog.gpu(gpu), engine=catalog.engine(engine),
+                                      workload=wl), catalog)
+                n += 1
+    return n
+
+
+def main() -> None:
+    catalog = load_catalog()
+    gpus = ["rtx-4090", "l40s", "a100-80gb-sxm", "h100-sxm", "h200"]
+    t0 = time.perf_counter()
+    n = _plans(catalog, gpus)
+    t_plans = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    checks = check_all(catalog)
+    t_acc = time.perf_counter() - t0
+    print(f"plans: {n} in {t_plans:.2f} s = {t_plans / n * 1e3:.1f} ms per plan")
+    print(f"accuracy check: {len(checks)} reference rows in {t_acc:.2f} s")
+
+
+if __name__ == "__main__":
+    main()

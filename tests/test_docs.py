@@ -1,0 +1,73 @@
+"""Docs are tested: generated docs match the planner, README commands run as written."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import ACCURACY_HEADER
+from gateway.planner.accuracy import check_all, render_table
+from gateway.planner.catalog import load_catalog
+from gateway.seeds import render_seeds
+
+ROOT = Path(__file__).resolve().parents[1]
+CARDINAL = Path(sys.executable).with_name("cardinal")
+
+
+def test_seeds_doc_is_current() -> None:
+    assert (ROOT / "docs/seeds.md").read_text(encoding="utf-8") == render_seeds(load_catalog()), \
+        "docs/seeds.md drifted: run `make seeds`"
+
+
+def test_accuracy_doc_is_current() -> None:
+    table = render_table(check_all(load_catalog()))
+    assert (ROOT / "docs/accuracy.md").read_text(encoding="utf-8") == ACCURACY_HEADER + table, \
+        "docs/accuracy.md drifted: run `make accuracy`"
+
+
+def test_seed_docs_show_both_card_arithmetics() -> None:
+    text = (ROOT / "docs/seeds.md").read_text(encoding="utf-8")
+    assert "| cards = ceil(75 / 10) = 8 | 8 with --per-card-qps 10 --headroom 0 | agrees |" in text
+    assert re.search(r"V3 INT8 on A100-80GB: \d+ replicas x 16 = \d+ GPUs", text)
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```sh\n(.*?)```", text, flags=re.S)
+    joined = "\n".join(b.replace("\\\n", " ") for b in blocks)
+    return [line.split("#")[0].strip() for line in joined.splitlines()
+            if line.strip().startswith(".venv/bin/cardinal")]
+
+
+def test_readme_opens_with_the_two_commands() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    first_block = re.search(r"```sh\n(.*?)```", text, flags=re.S)
+    assert first_block is not None
+    assert [ln.split()[:2] for ln in first_block.group(1).splitlines()] == \
+        [["make", "demo"], ["make", "test"]]
+
+
+@pytest.mark.parametrize("command", _readme_commands())
+def test_readme_command_runs(command: str, tmp_path: Path) -> None:
+    argv = [str(CARDINAL), *shlex.split(command)[1:]]
+    result = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Fleet" in result.stdout
+
+
+def test_readme_has_commands() -> None:
+    assert len(_readme_commands()) >= 2
+
+
+def test_makefile_demo_plan_is_the_readme_example() -> None:
+    make = (ROOT / "Makefile").read_text(encoding="utf-8")
+    demo = re.search(r"DEMO_PLAN := (.*?)\n\n", make, flags=re.S)
+    assert demo is not None
+    flags = shlex.split(demo.group(1).replace("\\\n", " "))
+    assert flags[:2] == ["--model", "deepseek-r1-distill-qwen-32b"]
+    assert any(shlex.split(c)[2:] == flags for c in _readme_commands())
