@@ -6,8 +6,9 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -19,7 +20,6 @@ from gateway.planner.errors import PlanError
 from gateway.planner.kvcache import MLA_LAYOUTS
 from gateway.planner.plan import KV_DTYPES, PlanRequest, make_plan
 from gateway.planner.report import render_text
-
 
 ACCURACY_HEADER = """# Planner accuracy
 
@@ -78,8 +78,9 @@ def qps_list(text: str) -> tuple[float, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cardinal", description="Size, deploy, prove and watch a "
-                                "self-hosted LLM fleet.")
+    p = argparse.ArgumentParser(
+        prog="cardinal", description="Size, deploy, prove and watch a self-hosted LLM fleet."
+    )
     sub = p.add_subparsers(dest="command", required=True)
     plan = sub.add_parser("plan", help="size a fleet: memory fit, per-card capacity, cards, cost")
     add_plan_arguments(plan)
@@ -100,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
 def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to serve")
     g.add_argument("--model", help="catalog model id or alias (see `cardinal catalog models`)")
-    g.add_argument("--model-config", type=Path, help="a Hugging Face config.json for any other model")
+    g.add_argument(
+        "--model-config", type=Path, help="a Hugging Face config.json for any other model"
+    )
     g.add_argument("--quant", required=True, help="quantization id, e.g. awq, fp8, q4_k_m")
     g.add_argument("--gpu", required=True, help="GPU id or alias, e.g. a100-80gb-sxm, 4090")
     g.add_argument("--engine", help="vllm or llama.cpp (default: from the quantization's format)")
@@ -108,25 +111,43 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     w.add_argument("--target-qps", type=positive(float), required=True)
     w.add_argument("--prompt-tokens", type=positive(int), required=True)
     w.add_argument("--output-tokens", type=positive(int), required=True)
-    w.add_argument("--ttft-slo", type=duration, default=2.0, help="time to first token (default 2s)")
-    w.add_argument("--tpot-slo", type=duration, default=0.05,
-                   help="time per output token (default 50ms)")
+    w.add_argument(
+        "--ttft-slo", type=duration, default=2.0, help="time to first token (default 2s)"
+    )
+    w.add_argument(
+        "--tpot-slo", type=duration, default=0.05, help="time per output token (default 50ms)"
+    )
     w.add_argument("--headroom", type=fraction, default=0.2, help="spare capacity (default 20%%)")
-    w.add_argument("--ramp", type=qps_list, default=(),
-                   help="growing targets, e.g. 25,50,75: replicas needed at each stage")
+    w.add_argument(
+        "--ramp",
+        type=qps_list,
+        default=(),
+        help="growing targets, e.g. 25,50,75: replicas needed at each stage",
+    )
     k = p.add_argument_group("engine and hardware")
     k.add_argument("--kv-dtype", choices=sorted(KV_DTYPES), default="auto")
-    k.add_argument("--mla-cache", choices=MLA_LAYOUTS, default="latent",
-                   help="llama.cpp DeepSeek cache layout: latent (current builds), latent-kv "
-                        "(builds before 2026-01), legacy (GGUFs converted before 2025-04)")
+    k.add_argument(
+        "--mla-cache",
+        choices=MLA_LAYOUTS,
+        default="latent",
+        help="llama.cpp DeepSeek cache layout: latent (current builds), latent-kv "
+        "(builds before 2026-01), legacy (GGUFs converted before 2025-04)",
+    )
     k.add_argument("--gpus-per-replica", type=positive(int), help="force TP size / split GPUs")
     k.add_argument("--max-gpus-per-replica", type=positive(int))
     k.add_argument("--max-batch", type=positive(int), help="cap on concurrent sequences")
     k.add_argument("--gpu-price", type=positive(float), help="USD per GPU-hour (overrides catalog)")
-    k.add_argument("--per-card-qps", type=positive(float),
-                   help="use this per-card capacity instead of the model's (e.g. a measurement)")
-    k.add_argument("--cpu-bandwidth", type=positive(float), default=100.0,
-                   help="effective host memory bandwidth in GB/s for offloaded weights")
+    k.add_argument(
+        "--per-card-qps",
+        type=positive(float),
+        help="use this per-card capacity instead of the model's (e.g. a measurement)",
+    )
+    k.add_argument(
+        "--cpu-bandwidth",
+        type=positive(float),
+        default=100.0,
+        help="effective host memory bandwidth in GB/s for offloaded weights",
+    )
     k.add_argument("--cpu-ram", type=positive(float), help="host RAM in GiB (limits offload)")
     k.add_argument("--api-model", help="litellm key of the hosted API to compare against")
 
@@ -137,16 +158,32 @@ def request_from_args(args: argparse.Namespace, catalog: Catalog) -> PlanRequest
     model = catalog.model(args.model) if args.model else _model_from_file(args.model_config)
     quant = catalog.quant(args.quant)
     engine = catalog.engine(args.engine or ("llama.cpp" if quant.is_gguf else "vllm"))
-    wl = Workload(prompt_tokens=args.prompt_tokens, output_tokens=args.output_tokens,
-                  target_qps=args.target_qps, ttft_slo_s=args.ttft_slo, tpot_slo_s=args.tpot_slo,
-                  headroom=args.headroom)
-    return PlanRequest(model=model, quant=quant, gpu=catalog.gpu(args.gpu), engine=engine,
-                       workload=wl, kv_dtype=args.kv_dtype, mla_cache=args.mla_cache,
-                       gpus_per_replica=args.gpus_per_replica,
-                       max_gpus_per_replica=args.max_gpus_per_replica, max_batch=args.max_batch,
-                       gpu_price_usd_per_hour=args.gpu_price, per_card_qps=args.per_card_qps,
-                       host_bandwidth_gb_s=args.cpu_bandwidth, cpu_ram_gib=args.cpu_ram,
-                       ramp_qps=args.ramp, api_model=args.api_model)
+    wl = Workload(
+        prompt_tokens=args.prompt_tokens,
+        output_tokens=args.output_tokens,
+        target_qps=args.target_qps,
+        ttft_slo_s=args.ttft_slo,
+        tpot_slo_s=args.tpot_slo,
+        headroom=args.headroom,
+    )
+    return PlanRequest(
+        model=model,
+        quant=quant,
+        gpu=catalog.gpu(args.gpu),
+        engine=engine,
+        workload=wl,
+        kv_dtype=args.kv_dtype,
+        mla_cache=args.mla_cache,
+        gpus_per_replica=args.gpus_per_replica,
+        max_gpus_per_replica=args.max_gpus_per_replica,
+        max_batch=args.max_batch,
+        gpu_price_usd_per_hour=args.gpu_price,
+        per_card_qps=args.per_card_qps,
+        host_bandwidth_gb_s=args.cpu_bandwidth,
+        cpu_ram_gib=args.cpu_ram,
+        ramp_qps=args.ramp,
+        api_model=args.api_model,
+    )
 
 
 def _model_from_file(path: Path):  # noqa: ANN202 - Model
@@ -159,8 +196,9 @@ def _model_from_file(path: Path):  # noqa: ANN202 - Model
     if not isinstance(cfg, dict):
         raise PlanError(f"{path} must hold a JSON object", field="model_config")
     name = cfg.get("_name_or_path") or path.parent.name or path.stem
-    return model_from_hf_config(cfg, id=str(name).split("/")[-1].lower(), name=str(name),
-                                source=str(path))
+    return model_from_hf_config(
+        cfg, id=str(name).split("/")[-1].lower(), name=str(name), source=str(path)
+    )
 
 
 def cmd_plan(args: argparse.Namespace, catalog: Catalog) -> int:
@@ -170,8 +208,10 @@ def cmd_plan(args: argparse.Namespace, catalog: Catalog) -> int:
         data["inputs"]["model_config"] = json.loads(args.model_config.read_text(encoding="utf-8"))
     if args.output:
         args.output.write_text(planfile.dump(data), encoding="utf-8")
-    print(json.dumps(data, indent=2) if args.json else render_text(data), end="" if not args.json
-          else "\n")
+    print(
+        json.dumps(data, indent=2) if args.json else render_text(data),
+        end="" if not args.json else "\n",
+    )
     if args.output and not args.json:
         print(f"\nplan written to {args.output}")
     return 0 if plan.fit.ok else 1
@@ -210,10 +250,15 @@ def cmd_accuracy(args: argparse.Namespace, catalog: Catalog) -> int:
     if args.output:
         args.output.write_text(ACCURACY_HEADER + table, encoding="utf-8")
     size, decode = summary(checks, "size"), summary(checks, "decode_tps")
-    ok = (size["median_abs_error"] or 1) <= 0.03 and (size["max_abs_error"] or 1) <= 0.08 \
+    ok = (
+        (size["median_abs_error"] or 1) <= 0.03
+        and (size["max_abs_error"] or 1) <= 0.08
         and (decode["median_abs_error"] or 1) <= 0.25
-    print(f"\ntargets (size median <= 3 %, every size row <= 8 %, decode median <= 25 %): "
-          f"{'met' if ok else 'NOT met'}")
+    )
+    print(
+        f"\ntargets (size median <= 3 %, every size row <= 8 %, decode median <= 25 %): "
+        f"{'met' if ok else 'NOT met'}"
+    )
     return 0 if ok else 1
 
 
@@ -238,8 +283,13 @@ def cmd_show(args: argparse.Namespace, catalog: Catalog) -> int:
     return 0
 
 
-COMMANDS = {"plan": cmd_plan, "catalog": cmd_catalog, "check-accuracy": cmd_accuracy,
-            "seeds": cmd_seeds, "show": cmd_show}
+COMMANDS = {
+    "plan": cmd_plan,
+    "catalog": cmd_catalog,
+    "check-accuracy": cmd_accuracy,
+    "seeds": cmd_seeds,
+    "show": cmd_show,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -248,7 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args, load_catalog())
     except (PlanError, planfile.PlanFileError) as e:
-        flag = "--" + e.field.replace("_", "-").split(".")[0] if isinstance(e, PlanError) else e.field
+        flag = (
+            "--" + e.field.replace("_", "-").split(".")[0] if isinstance(e, PlanError) else e.field
+        )
         print(f"cardinal {args.command}: error: {flag}: {e}", file=sys.stderr)
         return 2
     except yaml.YAMLError as e:

@@ -30,9 +30,13 @@ REQUIRED: dict[str, tuple[type, ...]] = {
     "fleet.gpus": (int,),
     "cost.monthly_usd": (int, float, type(None)),
 }
-POSITIVE = ("inputs.workload.prompt_tokens", "inputs.workload.output_tokens",
-            "inputs.workload.target_qps", "inputs.workload.ttft_slo_s",
-            "inputs.workload.tpot_slo_s")
+POSITIVE = (
+    "inputs.workload.prompt_tokens",
+    "inputs.workload.output_tokens",
+    "inputs.workload.target_qps",
+    "inputs.workload.ttft_slo_s",
+    "inputs.workload.tpot_slo_s",
+)
 FIT_KINDS = ("gpu", "tensor_parallel", "partial_offload", "moe_offload", "none")
 
 
@@ -43,7 +47,9 @@ class PlanFileError(ValueError):
 
 
 def dump(plan: dict[str, Any]) -> str:
-    header = "# Cardinal plan file: written by `cardinal plan -o`, read by render, serve, sim, prove.\n"
+    header = (
+        "# Cardinal plan file: written by `cardinal plan -o`, read by render, serve, sim, prove.\n"
+    )
     return header + yaml.safe_dump(plan, sort_keys=False, allow_unicode=True)
 
 
@@ -54,8 +60,10 @@ def load(text: str) -> dict[str, Any]:
         raise PlanFileError("a plan file must be a YAML mapping", field="(top level)")
     version = data.get("version")
     if version != VERSION:
-        raise PlanFileError(f"unsupported plan version {version!r}; this Cardinal reads version "
-                            f"{VERSION}", field="version")
+        raise PlanFileError(
+            f"unsupported plan version {version!r}; this Cardinal reads version {VERSION}",
+            field="version",
+        )
     for key, types in REQUIRED.items():
         value = _get(data, key)
         if isinstance(value, bool) or not isinstance(value, types):
@@ -67,7 +75,6 @@ def load(text: str) -> dict[str, Any]:
     if data["fit"]["kind"] not in FIT_KINDS:
         raise PlanFileError(f"`fit.kind` must be one of {', '.join(FIT_KINDS)}", field="fit.kind")
     return data
-
 
 
 def _get(data: dict[str, Any], dotted: str) -> Any:

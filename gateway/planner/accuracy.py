@@ -48,11 +48,25 @@ class Check:
 def read_rows(text: str | None = None) -> list[Row]:
     """Rows of reference.csv (the copy bundled with the planner unless `text` is given)."""
     if text is None:
-        text = resources.files("gateway.planner").joinpath("data").joinpath(
-            "reference.csv").read_text(encoding="utf-8")
-    return [Row(kind=r["kind"], model=r["model"], quant=r["quant"], gpu=r["gpu"],
-                setting=r["setting"], value=float(r["value"]), unit=r["unit"], source=r["source"])
-            for r in csv.DictReader(io.StringIO(text))]
+        text = (
+            resources.files("gateway.planner")
+            .joinpath("data")
+            .joinpath("reference.csv")
+            .read_text(encoding="utf-8")
+        )
+    return [
+        Row(
+            kind=r["kind"],
+            model=r["model"],
+            quant=r["quant"],
+            gpu=r["gpu"],
+            setting=r["setting"],
+            value=float(r["value"]),
+            unit=r["unit"],
+            source=r["source"],
+        )
+        for r in csv.DictReader(io.StringIO(text))
+    ]
 
 
 def check_all(catalog: Catalog, rows: list[Row] | None = None) -> list[Check]:
@@ -119,8 +133,9 @@ def _engine_id(setting: str) -> str:
     if "mtp" in s:
         raise _NotModelled("speculative decoding (MTP draft layers) is not modelled")
     if "sglang" in s or "trtllm-bench" in s or "tensorrt-llm" in s:
-        raise _NotModelled("engine (SGLang / TensorRT-LLM at max load or with expert parallelism) "
-                           "is not modelled")
+        raise _NotModelled(
+            "engine (SGLang / TensorRT-LLM at max load or with expert parallelism) is not modelled"
+        )
     if "sharegpt" in s:
         raise _NotModelled("ShareGPT prompt/output length mix is not given")
     if "llama" in s or "vulkan" in s:
@@ -132,9 +147,15 @@ def _engine_id(setting: str) -> str:
 
 def _numbers(setting: str) -> dict[str, int]:
     out: dict[str, int] = {}
-    for key, pat in (("tg", r"tg(\d+)"), ("pp", r"pp(\d+)"), ("ngl", r"-ngl (\d+)"),
-                     ("in", r"in (\d+)"), ("out", r"out (\d+)"), ("conc", r"concurrency ~?(\d+)"),
-                     ("tp", r"TP(\d+)")):
+    for key, pat in (
+        ("tg", r"tg(\d+)"),
+        ("pp", r"pp(\d+)"),
+        ("ngl", r"-ngl (\d+)"),
+        ("in", r"in (\d+)"),
+        ("out", r"out (\d+)"),
+        ("conc", r"concurrency ~?(\d+)"),
+        ("tp", r"TP(\d+)"),
+    ):
         m = re.search(pat, setting)
         if m:
             out[key] = int(m.group(1))
@@ -150,14 +171,20 @@ def _speed(catalog: Catalog, row: Row) -> Check:
     prompt = n.get("pp") or n.get("in") or 1
     out = n.get("out") or n.get("tg") or 128
     w = weights(model, quant, catalog)
-    inp = FitInput(model=model, weights=w, gpu=gpu, engine=engine, context=prompt + out,
-                   kv_dtype_bytes=KV_DTYPES["auto"], gpus_per_replica=n.get("tp") or count,
-                   gpu_layers=n.get("ngl"))
+    inp = FitInput(
+        model=model,
+        weights=w,
+        gpu=gpu,
+        engine=engine,
+        context=prompt + out,
+        kv_dtype_bytes=KV_DTYPES["auto"],
+        gpus_per_replica=n.get("tp") or count,
+        gpu_layers=n.get("ngl"),
+    )
     fit = fit_options(inp)[0]
     if not fit.ok:
         raise _NotModelled(f"does not fit in the planner: {fit.reason}")
-    wl = Workload(prompt_tokens=prompt, output_tokens=out, target_qps=1, ttft_slo_s=1,
-                  tpot_slo_s=1)
+    wl = Workload(prompt_tokens=prompt, output_tokens=out, target_qps=1, ttft_slo_s=1, tpot_slo_s=1)
     req = PlanRequest(model=model, quant=quant, gpu=gpu, engine=engine, workload=wl)
     sp = speed_model(req, w, fit)
     if row.kind == "prefill_tps":
@@ -176,26 +203,35 @@ def _speed(catalog: Catalog, row: Row) -> Check:
 def summary(checks: list[Check], kind: str) -> dict[str, float | int | None]:
     errs = [abs(c.error) for c in checks if c.row.kind == kind and c.error is not None]
     skipped = sum(1 for c in checks if c.row.kind == kind and c.error is None)
-    return {"rows": len(errs), "not_modelled": skipped,
-            "median_abs_error": statistics.median(errs) if errs else None,
-            "max_abs_error": max(errs) if errs else None}
+    return {
+        "rows": len(errs),
+        "not_modelled": skipped,
+        "median_abs_error": statistics.median(errs) if errs else None,
+        "max_abs_error": max(errs) if errs else None,
+    }
 
 
 def render_table(checks: list[Check]) -> str:
     """Markdown table of every reference row: real figure, Cardinal's, and the error."""
-    lines = ["| kind | model | quant | gpu | setting | real | Cardinal | error |",
-             "|---|---|---|---|---|---:|---:|---:|"]
+    lines = [
+        "| kind | model | quant | gpu | setting | real | Cardinal | error |",
+        "|---|---|---|---|---|---:|---:|---:|",
+    ]
     for c in checks:
         r = c.row
         pred = "—" if c.predicted is None else f"{c.predicted:,.4g}"
         err = c.note if c.error is None else f"{c.error:+.1%}"
-        lines.append(f"| {r.kind} | {r.model} | {r.quant} | {r.gpu} | {r.setting} | "
-                     f"{r.value:,.4g} {r.unit} | {pred} | {err} |")
+        lines.append(
+            f"| {r.kind} | {r.model} | {r.quant} | {r.gpu} | {r.setting} | "
+            f"{r.value:,.4g} {r.unit} | {pred} | {err} |"
+        )
     lines.append("")
     for kind in ("size", "decode_tps", "prefill_tps", "throughput"):
         s = summary(checks, kind)
         med = "n/a" if s["median_abs_error"] is None else f"{s['median_abs_error']:.1%}"
         mx = "n/a" if s["max_abs_error"] is None else f"{s['max_abs_error']:.1%}"
-        lines.append(f"- **{kind}**: {s['rows']} rows modelled, median |error| {med}, "
-                     f"max {mx}; {s['not_modelled']} not modelled")
+        lines.append(
+            f"- **{kind}**: {s['rows']} rows modelled, median |error| {med}, "
+            f"max {mx}; {s['not_modelled']} not modelled"
+        )
     return "\n".join(lines) + "\n"

@@ -38,27 +38,42 @@ class ReplicaCapacity:
     problem: str = ""  # why the SLOs cannot be met at any load; empty when they can
 
 
-def replica_capacity(speed: SpeedModel, wl: Workload, *, kv_tokens: int, cap: int) -> ReplicaCapacity:
+def replica_capacity(
+    speed: SpeedModel, wl: Workload, *, kv_tokens: int, cap: int
+) -> ReplicaCapacity:
     """Highest request rate one replica sustains with TPOT within its SLO."""
     ctx = wl.mean_decode_context
-    limits = {"kv_memory": kv_tokens // wl.context, "engine_cap": cap,
-              "tpot_slo": _slo_batch(speed, wl, cap)}
+    limits = {
+        "kv_memory": kv_tokens // wl.context,
+        "engine_cap": cap,
+        "tpot_slo": _slo_batch(speed, wl, cap),
+    }
     batch = min(limits.values())
     reason = min(limits, key=lambda k: limits[k])
     prefill = speed.prefill_s(wl.prompt_tokens)
     problem = ""
     if limits["kv_memory"] < 1:
-        problem = f"the KV cache holds {kv_tokens} tokens, less than one {wl.context}-token sequence"
+        problem = (
+            f"the KV cache holds {kv_tokens} tokens, less than one {wl.context}-token sequence"
+        )
     elif limits["tpot_slo"] < 1:
         t1 = speed.decode_step_s(batch=1, ctx=ctx)
-        problem = f"TPOT at batch 1 is {t1 * 1e3:.1f} ms, above the {wl.tpot_slo_s * 1e3:.0f} ms SLO"
+        problem = (
+            f"TPOT at batch 1 is {t1 * 1e3:.1f} ms, above the {wl.tpot_slo_s * 1e3:.0f} ms SLO"
+        )
     elif prefill > wl.ttft_slo_s:
         problem = f"prefill alone takes {prefill:.2f} s, above the {wl.ttft_slo_s:g} s TTFT SLO"
     batch = max(batch, 1)
     step = speed.decode_step_s(batch=batch, ctx=ctx)
     qps = 1.0 / (prefill + wl.output_tokens * step / batch)
-    return ReplicaCapacity(max_batch=batch, batch_limit=reason, prefill_s=prefill, step_s=step,
-                           capacity_qps=qps, problem=problem)
+    return ReplicaCapacity(
+        max_batch=batch,
+        batch_limit=reason,
+        prefill_s=prefill,
+        step_s=step,
+        capacity_qps=qps,
+        problem=problem,
+    )
 
 
 def _slo_batch(speed: SpeedModel, wl: Workload, cap: int) -> int:
@@ -83,8 +98,9 @@ class Fleet:
     limited_by: str  # headroom | ttft_slo
 
 
-def size_fleet(speed: SpeedModel | None, rep: ReplicaCapacity, wl: Workload, *,
-               target_qps: float | None = None) -> Fleet:
+def size_fleet(
+    speed: SpeedModel | None, rep: ReplicaCapacity, wl: Workload, *, target_qps: float | None = None
+) -> Fleet:
     """Replicas for the target rate: `ceil(target x (1 + headroom) / capacity)`, more if queueing
     would push TTFT past its SLO (M/D/1 wait on the replica's service time)."""
     target = wl.target_qps if target_qps is None else target_qps
@@ -99,23 +115,33 @@ def size_fleet(speed: SpeedModel | None, rep: ReplicaCapacity, wl: Workload, *,
     rho = target / (replicas * rep.capacity_qps)
     ttft = rep.prefill_s + (rho / (2 * (1 - rho)) * service if rho < 1 else math.inf)
     tpot = _operating_step(speed, rep, wl, per_replica_qps=target / replicas, ttft=ttft)
-    return Fleet(replicas=replicas, utilization=rho, ttft_s=ttft, tpot_s=tpot, limited_by=limited_by)
+    return Fleet(
+        replicas=replicas, utilization=rho, ttft_s=ttft, tpot_s=tpot, limited_by=limited_by
+    )
 
 
-def _operating_step(speed: SpeedModel | None, rep: ReplicaCapacity, wl: Workload, *,
-                    per_replica_qps: float, ttft: float) -> float:
+def _operating_step(
+    speed: SpeedModel | None,
+    rep: ReplicaCapacity,
+    wl: Workload,
+    *,
+    per_replica_qps: float,
+    ttft: float,
+) -> float:
     """Decode step at the concurrency Little's law gives for the offered rate."""
     if speed is None:
         return rep.step_s
     step = rep.step_s
     for _ in range(8):  # fixed point: concurrency depends on the step time it produces
         busy = per_replica_qps * (min(ttft, 60.0) + wl.output_tokens * step)
-        step = speed.decode_step_s(batch=min(max(busy, 1.0), rep.max_batch),
-                                   ctx=wl.mean_decode_context)
+        step = speed.decode_step_s(
+            batch=min(max(busy, 1.0), rep.max_batch), ctx=wl.mean_decode_context
+        )
     return step
 
 
-def rollout(speed: SpeedModel | None, rep: ReplicaCapacity, wl: Workload,
-            stages: list[float]) -> list[tuple[float, int]]:
+def rollout(
+    speed: SpeedModel | None, rep: ReplicaCapacity, wl: Workload, stages: list[float]
+) -> list[tuple[float, int]]:
     """Replicas needed at each stage of a growing target (the seeds' "start with 4, then 6")."""
     return [(q, size_fleet(speed, rep, wl, target_qps=q).replicas) for q in stages]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import difflib
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -57,7 +58,7 @@ class Model:
 
     @property
     def is_70b_class(self) -> bool:
-        # llama.cpp types 80-layer llama/qwen2 models as LLM_TYPE_70B, which changes attn_v quant rules
+        # llama.cpp types 80-layer llama/qwen2 models as LLM_TYPE_70B: attn_v gets more bits
         return self.num_layers == 80 and self.mla is None
 
     def moe_layers(self) -> range:
@@ -162,8 +163,9 @@ class Catalog:
                 return table[spelling]
         close = difflib.get_close_matches(key, list(table), n=3, cutoff=0.5)
         hint = ", ".join(dict.fromkeys(table[c] for c in close)) or "none"
-        raise PlanError(f"unknown {kind} {name!r}; closest matches: {hint} (see `cardinal catalog`)",
-                        field=kind)
+        raise PlanError(
+            f"unknown {kind} {name!r}; closest matches: {hint} (see `cardinal catalog`)", field=kind
+        )
 
 
 def normalize(name: str) -> str:
@@ -171,8 +173,14 @@ def normalize(name: str) -> str:
     return name.strip().lower().replace(" ", "-")
 
 
-def model_from_hf_config(cfg: Mapping[str, Any], *, id: str, name: str | None = None,
-                         source: str = "", hosted_api: str = "deepseek/deepseek-chat") -> Model:
+def model_from_hf_config(
+    cfg: Mapping[str, Any],
+    *,
+    id: str,
+    name: str | None = None,
+    source: str = "",
+    hosted_api: str = "deepseek/deepseek-chat",
+) -> Model:
     """A Model from the fields of a Hugging Face config.json."""
     try:
         hidden = int(cfg["hidden_size"])
@@ -181,39 +189,62 @@ def model_from_hf_config(cfg: Mapping[str, Any], *, id: str, name: str | None = 
         inter = int(cfg["intermediate_size"])
         vocab = int(cfg["vocab_size"])
     except KeyError as e:
-        raise PlanError(f"config.json lacks `{e.args[0]}`", field=f"model_config.{e.args[0]}") from None
+        raise PlanError(
+            f"config.json lacks `{e.args[0]}`", field=f"model_config.{e.args[0]}"
+        ) from None
     except (TypeError, ValueError) as e:
-        raise PlanError(f"config.json has a non-integer size field: {e}", field="model_config") from None
+        raise PlanError(
+            f"config.json has a non-integer size field: {e}", field="model_config"
+        ) from None
     routed = int(cfg.get("n_routed_experts") or cfg.get("num_local_experts") or 0)
     moe = None
     if routed:
-        moe = Moe(routed_experts=routed,
-                  shared_experts=int(cfg.get("n_shared_experts") or 0),
-                  active_experts=int(cfg.get("num_experts_per_tok") or 2),
-                  expert_intermediate_size=int(cfg.get("moe_intermediate_size") or inter),
-                  first_dense_layers=int(cfg.get("first_k_dense_replace") or 0))
+        moe = Moe(
+            routed_experts=routed,
+            shared_experts=int(cfg.get("n_shared_experts") or 0),
+            active_experts=int(cfg.get("num_experts_per_tok") or 2),
+            expert_intermediate_size=int(cfg.get("moe_intermediate_size") or inter),
+            first_dense_layers=int(cfg.get("first_k_dense_replace") or 0),
+        )
     mla = None
     if cfg.get("kv_lora_rank"):
-        mla = Mla(q_lora_rank=cfg.get("q_lora_rank"), kv_lora_rank=int(cfg["kv_lora_rank"]),
-                  qk_nope_head_dim=int(cfg["qk_nope_head_dim"]),
-                  qk_rope_head_dim=int(cfg["qk_rope_head_dim"]), v_head_dim=int(cfg["v_head_dim"]))
+        mla = Mla(
+            q_lora_rank=cfg.get("q_lora_rank"),
+            kv_lora_rank=int(cfg["kv_lora_rank"]),
+            qk_nope_head_dim=int(cfg["qk_nope_head_dim"]),
+            qk_rope_head_dim=int(cfg["qk_rope_head_dim"]),
+            v_head_dim=int(cfg["v_head_dim"]),
+        )
     arch = " ".join(cfg.get("architectures") or [])
     bias = bool(cfg.get("attention_bias", "Qwen2" in arch))
     return Model(
-        id=id, name=name or id, source=source, hosted_api=hosted_api,
-        hidden_size=hidden, num_layers=layers, num_heads=heads,
+        id=id,
+        name=name or id,
+        source=source,
+        hosted_api=hosted_api,
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
         num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
         head_dim=int(cfg.get("head_dim") or hidden // heads),
-        intermediate_size=inter, vocab_size=vocab,
+        intermediate_size=inter,
+        vocab_size=vocab,
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         max_context=int(cfg.get("max_position_embeddings") or 4096),
-        attention_bias=bias, moe=moe, mla=mla,
+        attention_bias=bias,
+        moe=moe,
+        mla=mla,
         mtp_layers=int(cfg.get("num_nextn_predict_layers") or 0),
     )
 
 
 def _read(name: str) -> Any:
-    text = resources.files("gateway.planner").joinpath("data").joinpath(name).read_text(encoding="utf-8")
+    text = (
+        resources.files("gateway.planner")
+        .joinpath("data")
+        .joinpath(name)
+        .read_text(encoding="utf-8")
+    )
     return yaml.safe_load(text)
 
 
@@ -229,23 +260,34 @@ def load_catalog() -> Catalog:
     """The bundled catalog (read once; entries are frozen)."""
     raw_models, q = _read("models.yaml"), _read("quants.yaml")
     raw_gpus, raw_engines = _read("gpus.yaml"), _read("engines.yaml")
-    models = {k: model_from_hf_config(v["config"], id=k, name=v["name"], source=v["source"],
-                                      hosted_api=v["hosted_api"])
-              for k, v in raw_models.items()}
-    quants = {k: Quant(id=k, **{f: v for f, v in e.items() if f not in ("aliases", "ppl_delta_pct")})
-              for k, e in q["quants"].items()}
+    models = {
+        k: model_from_hf_config(
+            v["config"], id=k, name=v["name"], source=v["source"], hosted_api=v["hosted_api"]
+        )
+        for k, v in raw_models.items()
+    }
+    quants = {
+        k: Quant(id=k, **{f: v for f, v in e.items() if f not in ("aliases", "ppl_delta_pct")})
+        for k, e in q["quants"].items()
+    }
     ggml = {k: (v["block_elems"], v["block_bytes"]) for k, v in q["ggml_types"].items()}
-    gpus = {k: Gpu(id=k, **{f: v for f, v in e.items() if f != "aliases"})
-            for k, e in raw_gpus.items()}
+    gpus = {
+        k: Gpu(id=k, **{f: v for f, v in e.items() if f != "aliases"}) for k, e in raw_gpus.items()
+    }
     engines = {k: _engine(k, e) for k, e in raw_engines.items()}
     aliases: dict[str, dict[str, str]] = {}
-    for kind, raw in (("model", raw_models), ("quant", q["quants"]), ("gpu", raw_gpus),
-                      ("engine", raw_engines)):
+    for kind, raw in (
+        ("model", raw_models),
+        ("quant", q["quants"]),
+        ("gpu", raw_gpus),
+        ("engine", raw_engines),
+    ):
         table: dict[str, str] = {}
         for key, entry in raw.items():
             for spelling in [key, entry.get("name", key), *entry.get("aliases", [])]:
                 table[normalize(str(spelling))] = key
                 table[normalize(str(spelling)).replace("_", "-")] = key
         aliases[kind] = table
-    return Catalog(models=models, quants=quants, gpus=gpus, engines=engines, ggml_types=ggml,
-                   aliases=aliases)
+    return Catalog(
+        models=models, quants=quants, gpus=gpus, engines=engines, ggml_types=ggml, aliases=aliases
+    )

@@ -1,4 +1,4 @@
-"""Memory fit: where a replica's weights and KV cache go (GPU, tensor parallel, llama.cpp offload)."""
+"""Memory fit: where a replica's weights and KV cache go (GPU, TP, llama.cpp offload)."""
 
 from __future__ import annotations
 
@@ -62,8 +62,11 @@ class Fit:
     def gpu_gib_per_gpu(self, *, kv_tokens: int | None = None) -> float:
         """GPU memory each card uses: all of the KV budget (vLLM pre-allocates it) or only
         `kv_tokens` worth of cache (llama.cpp allocates its context up front)."""
-        kv = self.kv_budget_bytes_per_gpu if kv_tokens is None else \
-            min(kv_tokens * self.kv_bytes_per_token_gpu, self.kv_budget_bytes_per_gpu)
+        kv = (
+            self.kv_budget_bytes_per_gpu
+            if kv_tokens is None
+            else min(kv_tokens * self.kv_bytes_per_token_gpu, self.kv_budget_bytes_per_gpu)
+        )
         return (self.weights_gpu_bytes / self.gpus + kv + self.reserve_bytes_per_gpu) / GIB
 
     @property
@@ -75,8 +78,13 @@ def fit_options(inp: FitInput) -> list[Fit]:
     """Every placement that fits, cheapest in GPUs first; or one `none` fit with the reason."""
     if inp.engine.multi_gpu == "tensor_parallel":
         fits = [f for f in (_tp_fit(inp, tp, pp) for tp, pp in _tp_degrees(inp)) if f.ok]
-        return fits or [_no_fit(inp, "weights plus the KV cache of one full-context sequence exceed "
-                                     f"{_max_gpus(inp)} x {inp.gpu.name}")]
+        return fits or [
+            _no_fit(
+                inp,
+                "weights plus the KV cache of one full-context sequence exceed "
+                f"{_max_gpus(inp)} x {inp.gpu.name}",
+            )
+        ]
     return _llamacpp_fits(inp)
 
 
@@ -100,14 +108,26 @@ def _tp_fit(inp: FitInput, tp: int, pp: int) -> Fit:
     total = inp.weights.total_bytes
     reserve = e.runtime_reserve_gib * GIB + _activation_bytes(m, e, tp)
     budget = g.memory_gib * GIB * e.gpu_memory_utilization - reserve - total / n
-    kv_tok = kv_bytes_per_token_per_gpu(m, e, tp=tp, pp=pp, dtype_bytes=inp.kv_dtype_bytes,
-                                        mla_layout=inp.mla_layout)
+    kv_tok = kv_bytes_per_token_per_gpu(
+        m, e, tp=tp, pp=pp, dtype_bytes=inp.kv_dtype_bytes, mla_layout=inp.mla_layout
+    )
     kind = "gpu" if n == 1 else "tensor_parallel"
-    placement = Placement(tp=tp, pp=pp, gpu_dense_bytes=total - embd - _experts(inp.weights),
-                          gpu_expert_bytes=_experts(inp.weights))
-    fit = Fit(kind=kind, tp=tp, pp=pp, weights_gpu_bytes=total, kv_bytes_per_token_gpu=kv_tok,
-              kv_budget_bytes_per_gpu=max(budget, 0.0), reserve_bytes_per_gpu=reserve,
-              placement=placement)
+    placement = Placement(
+        tp=tp,
+        pp=pp,
+        gpu_dense_bytes=total - embd - _experts(inp.weights),
+        gpu_expert_bytes=_experts(inp.weights),
+    )
+    fit = Fit(
+        kind=kind,
+        tp=tp,
+        pp=pp,
+        weights_gpu_bytes=total,
+        kv_bytes_per_token_gpu=kv_tok,
+        kv_budget_bytes_per_gpu=max(budget, 0.0),
+        reserve_bytes_per_gpu=reserve,
+        placement=placement,
+    )
     if fit.kv_tokens < inp.context:
         return Fit(kind="none", tp=tp, pp=pp, reason="no room for one full-context sequence")
     return fit
@@ -115,8 +135,9 @@ def _tp_fit(inp: FitInput, tp: int, pp: int) -> Fit:
 
 def _activation_bytes(m: Model, e: Engine, tp: int) -> float:
     """vLLM's profiled peak: one max-size prefill chunk's activations plus the sampler's logits."""
-    ffn = max(m.intermediate_size, m.moe.expert_intermediate_size * m.moe.active_experts
-              if m.moe else 0)
+    ffn = max(
+        m.intermediate_size, m.moe.expert_intermediate_size * m.moe.active_experts if m.moe else 0
+    )
     chunk = e.max_num_batched_tokens * (4 * m.hidden_size + 2 * ffn / tp) * 2
     logits = e.max_num_seqs * m.vocab_size * 4
     return chunk + logits
@@ -127,6 +148,7 @@ def _experts(w: Weights) -> float:
 
 
 # --- llama.cpp ----------------------------------------------------------------------------------
+
 
 def _llamacpp_budget(inp: FitInput) -> float:
     """Bytes per GPU left for weights and KV after the CUDA context, compute buffer and margin."""
@@ -140,8 +162,9 @@ def _llamacpp_fits(inp: FitInput) -> list[Fit]:
     budget = _llamacpp_budget(inp)
     embd = w.bytes_by_group().get("embd", 0)
     on_gpu = w.total_bytes - embd  # token_embd always stays in host memory
-    kv_tok_total = kv_bytes_per_token_per_gpu(m, e, tp=1, dtype_bytes=inp.kv_dtype_bytes,
-                                              mla_layout=inp.mla_layout)
+    kv_tok_total = kv_bytes_per_token_per_gpu(
+        m, e, tp=1, dtype_bytes=inp.kv_dtype_bytes, mla_layout=inp.mla_layout
+    )
     need_kv = kv_tok_total * inp.context
     counts = [inp.gpus_per_replica] if inp.gpus_per_replica else range(1, _max_gpus(inp) + 1)
     if inp.gpu_layers is not None and inp.gpu_layers <= m.num_layers:
@@ -149,20 +172,36 @@ def _llamacpp_fits(inp: FitInput) -> list[Fit]:
     for n in counts:
         if on_gpu + need_kv <= n * budget:
             kind = "gpu" if n == 1 else "tensor_parallel"
-            placement = Placement(pp=n, gpu_dense_bytes=on_gpu - _experts(w),
-                                  gpu_expert_bytes=_experts(w),
-                                  host_bandwidth_gb_s=inp.host_bandwidth_gb_s)
-            return [Fit(kind=kind, pp=n, gpu_layers=m.num_layers + 1, weights_gpu_bytes=on_gpu,
-                        weights_cpu_bytes=embd, kv_bytes_per_token_gpu=kv_tok_total / n,
-                        kv_budget_bytes_per_gpu=budget - on_gpu / n,
-                        reserve_bytes_per_gpu=inp.gpu.memory_gib * GIB - budget,
-                        placement=placement)]
+            placement = Placement(
+                pp=n,
+                gpu_dense_bytes=on_gpu - _experts(w),
+                gpu_expert_bytes=_experts(w),
+                host_bandwidth_gb_s=inp.host_bandwidth_gb_s,
+            )
+            return [
+                Fit(
+                    kind=kind,
+                    pp=n,
+                    gpu_layers=m.num_layers + 1,
+                    weights_gpu_bytes=on_gpu,
+                    weights_cpu_bytes=embd,
+                    kv_bytes_per_token_gpu=kv_tok_total / n,
+                    kv_budget_bytes_per_gpu=budget - on_gpu / n,
+                    reserve_bytes_per_gpu=inp.gpu.memory_gib * GIB - budget,
+                    placement=placement,
+                )
+            ]
     n = inp.gpus_per_replica or 1
     fit = _moe_offload(inp, n, budget * n, need_kv) if m.moe and inp.gpu_layers is None else None
     fit = fit or _layer_offload(inp, n, budget * n, need_kv)
     if fit.ok and inp.cpu_ram_gib is not None and fit.cpu_ram_gib > inp.cpu_ram_gib:
-        return [_no_fit(inp, f"offload needs {fit.cpu_ram_gib:.0f} GiB of host RAM, "
-                             f"more than the {inp.cpu_ram_gib:.0f} GiB given")]
+        return [
+            _no_fit(
+                inp,
+                f"offload needs {fit.cpu_ram_gib:.0f} GiB of host RAM, "
+                f"more than the {inp.cpu_ram_gib:.0f} GiB given",
+            )
+        ]
     return [fit]
 
 
@@ -175,20 +214,32 @@ def _moe_offload(inp: FitInput, n: int, budget: float, need_kv: float) -> Fit | 
     if base > budget:
         return None
     n_cpu = m.num_layers
-    while n_cpu > 0 and base + sum(experts[n_cpu - 1:]) <= budget:
+    while n_cpu > 0 and base + sum(experts[n_cpu - 1 :]) <= budget:
         n_cpu -= 1
     cpu_experts = sum(experts[:n_cpu])
     gpu_experts = sum(experts[n_cpu:])
     dense = w.total_bytes - embd - sum(experts)
-    placement = Placement(pp=n, gpu_dense_bytes=dense, gpu_expert_bytes=gpu_experts,
-                          cpu_expert_bytes=cpu_experts, host_bandwidth_gb_s=inp.host_bandwidth_gb_s)
+    placement = Placement(
+        pp=n,
+        gpu_dense_bytes=dense,
+        gpu_expert_bytes=gpu_experts,
+        cpu_expert_bytes=cpu_experts,
+        host_bandwidth_gb_s=inp.host_bandwidth_gb_s,
+    )
     kind = "moe_offload" if n_cpu else "gpu"
     on_gpu = dense + gpu_experts
-    return Fit(kind=kind, pp=n, gpu_layers=m.num_layers + 1, n_cpu_moe=n_cpu,
-               weights_gpu_bytes=on_gpu, weights_cpu_bytes=embd + cpu_experts,
-               kv_bytes_per_token_gpu=need_kv / inp.context / n,
-               kv_budget_bytes_per_gpu=(budget - on_gpu) / n,
-               reserve_bytes_per_gpu=inp.gpu.memory_gib * GIB - budget / n, placement=placement)
+    return Fit(
+        kind=kind,
+        pp=n,
+        gpu_layers=m.num_layers + 1,
+        n_cpu_moe=n_cpu,
+        weights_gpu_bytes=on_gpu,
+        weights_cpu_bytes=embd + cpu_experts,
+        kv_bytes_per_token_gpu=need_kv / inp.context / n,
+        kv_budget_bytes_per_gpu=(budget - on_gpu) / n,
+        reserve_bytes_per_gpu=inp.gpu.memory_gib * GIB - budget / n,
+        placement=placement,
+    )
 
 
 def _layer_offload(inp: FitInput, n: int, budget: float, need_kv: float) -> Fit:
@@ -203,20 +254,35 @@ def _layer_offload(inp: FitInput, n: int, budget: float, need_kv: float) -> Fit:
             break
         used, ngl = used + step, ngl + 1
     if ngl == 0:
-        return _no_fit(inp, f"not even one layer ({w.layer_bytes(m.num_layers - 1) / GIB:.2f} GiB) "
-                            f"plus its KV cache fits in {inp.gpu.name}")
+        return _no_fit(
+            inp,
+            f"not even one layer ({w.layer_bytes(m.num_layers - 1) / GIB:.2f} GiB) "
+            f"plus its KV cache fits in {inp.gpu.name}",
+        )
     gpu_layers = range(m.num_layers - ngl, m.num_layers)
     gpu_w = sum(w.layer_bytes(i) for i in gpu_layers)
     cpu_w = w.total_bytes - gpu_w  # includes output.weight and token_embd
     gpu_exp = sum(w.layer_bytes(i, groups=("experts",)) for i in gpu_layers)
     cpu_exp = _experts(w) - gpu_exp
-    placement = Placement(pp=n, gpu_dense_bytes=gpu_w - gpu_exp, gpu_expert_bytes=gpu_exp,
-                          cpu_dense_bytes=cpu_w - embd - cpu_exp, cpu_expert_bytes=cpu_exp,
-                          host_bandwidth_gb_s=inp.host_bandwidth_gb_s)
-    return Fit(kind="partial_offload", pp=n, gpu_layers=ngl, weights_gpu_bytes=gpu_w,
-               weights_cpu_bytes=cpu_w, kv_bytes_per_token_gpu=need_kv / inp.context / n,
-               kv_budget_bytes_per_gpu=(budget - gpu_w) / n,
-               reserve_bytes_per_gpu=inp.gpu.memory_gib * GIB - budget / n, placement=placement)
+    placement = Placement(
+        pp=n,
+        gpu_dense_bytes=gpu_w - gpu_exp,
+        gpu_expert_bytes=gpu_exp,
+        cpu_dense_bytes=cpu_w - embd - cpu_exp,
+        cpu_expert_bytes=cpu_exp,
+        host_bandwidth_gb_s=inp.host_bandwidth_gb_s,
+    )
+    return Fit(
+        kind="partial_offload",
+        pp=n,
+        gpu_layers=ngl,
+        weights_gpu_bytes=gpu_w,
+        weights_cpu_bytes=cpu_w,
+        kv_bytes_per_token_gpu=need_kv / inp.context / n,
+        kv_budget_bytes_per_gpu=(budget - gpu_w) / n,
+        reserve_bytes_per_gpu=inp.gpu.memory_gib * GIB - budget / n,
+        placement=placement,
+    )
 
 
 def _no_fit(inp: FitInput, reason: str) -> Fit:

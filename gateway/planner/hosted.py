@@ -22,11 +22,13 @@ class ApiPrice:
     output_usd_per_token: float
     source: str
 
-    def monthly_usd(self, *, qps: float, prompt_tokens: int, output_tokens: int,
-                    hours: float) -> float:
+    def monthly_usd(
+        self, *, qps: float, prompt_tokens: int, output_tokens: int, hours: float
+    ) -> float:
         requests = qps * hours * 3600
-        return requests * (prompt_tokens * self.input_usd_per_token
-                           + output_tokens * self.output_usd_per_token)
+        return requests * (
+            prompt_tokens * self.input_usd_per_token + output_tokens * self.output_usd_per_token
+        )
 
 
 @functools.cache
@@ -47,6 +49,9 @@ def api_price(key: str) -> ApiPrice | None:
         return None
     from importlib.metadata import version
 
-    return ApiPrice(key=key, input_usd_per_token=float(entry["input_cost_per_token"]),
-                    output_usd_per_token=float(entry["output_cost_per_token"]),
-                    source=f"litellm {version('litellm')} bundled price map (cache-miss input price)")
+    return ApiPrice(
+        key=key,
+        input_usd_per_token=float(entry["input_cost_per_token"]),
+        output_usd_per_token=float(entry["output_cost_per_token"]),
+        source=f"litellm {version('litellm')} bundled price map (cache-miss input price)",
+    )

@@ -12,8 +12,9 @@ from gateway.planner.errors import PlanError
 MLA_LAYOUTS = ("latent", "latent-kv", "legacy")
 
 
-def kv_bytes_per_token(model: Model, engine: Engine, *, dtype_bytes: float,
-                       mla_layout: str = "latent") -> float:
+def kv_bytes_per_token(
+    model: Model, engine: Engine, *, dtype_bytes: float, mla_layout: str = "latent"
+) -> float:
     """KV bytes one token occupies in the whole model (all layers, all heads)."""
     if model.mla is None:
         return 2 * model.num_layers * model.num_kv_heads * model.head_dim * dtype_bytes
@@ -26,13 +27,22 @@ def kv_bytes_per_token(model: Model, engine: Engine, *, dtype_bytes: float,
     elif mla_layout == "legacy":
         per_layer = model.num_heads * (a.qk_nope_head_dim + a.qk_rope_head_dim + a.v_head_dim)
     else:
-        raise PlanError(f"`mla_cache` must be one of {', '.join(MLA_LAYOUTS)}, not {mla_layout!r}",
-                        field="mla_cache")
+        raise PlanError(
+            f"`mla_cache` must be one of {', '.join(MLA_LAYOUTS)}, not {mla_layout!r}",
+            field="mla_cache",
+        )
     return model.num_layers * per_layer * dtype_bytes
 
 
-def kv_bytes_per_token_per_gpu(model: Model, engine: Engine, *, tp: int, pp: int = 1,
-                               dtype_bytes: float, mla_layout: str = "latent") -> float:
+def kv_bytes_per_token_per_gpu(
+    model: Model,
+    engine: Engine,
+    *,
+    tp: int,
+    pp: int = 1,
+    dtype_bytes: float,
+    mla_layout: str = "latent",
+) -> float:
     """Per GPU of a replica: pipeline stages split the layers; tensor parallelism splits GQA heads
     (replicating them past n_kv_heads), while vLLM's MLA cache is replicated on every TP rank."""
     total = kv_bytes_per_token(model, engine, dtype_bytes=dtype_bytes, mla_layout=mla_layout) / pp

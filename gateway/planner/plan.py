@@ -6,8 +6,14 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gateway.planner.capacity import (HOURS_PER_MONTH, ReplicaCapacity, Workload, replica_capacity,
-                                      rollout, size_fleet)
+from gateway.planner.capacity import (
+    HOURS_PER_MONTH,
+    ReplicaCapacity,
+    Workload,
+    replica_capacity,
+    rollout,
+    size_fleet,
+)
 from gateway.planner.catalog import Catalog, Engine, Gpu, Model, Quant
 from gateway.planner.errors import PlanError
 from gateway.planner.fit import GIB, Fit, FitInput, fit_options
@@ -16,8 +22,15 @@ from gateway.planner.kvcache import kv_bytes_per_token
 from gateway.planner.speed import SpeedModel, active_params
 from gateway.planner.weights import Weights, weights
 
-KV_DTYPES = {"auto": 2.0, "f16": 2.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "q8_0": 34 / 32,
-             "q4_0": 18 / 32}
+KV_DTYPES = {
+    "auto": 2.0,
+    "f16": 2.0,
+    "fp16": 2.0,
+    "bf16": 2.0,
+    "fp8": 1.0,
+    "q8_0": 34 / 32,
+    "q4_0": 18 / 32,
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,48 +88,74 @@ def check_request(req: PlanRequest) -> None:
     for name, value in (("prompt_tokens", wl.prompt_tokens), ("output_tokens", wl.output_tokens)):
         if value < 1:
             raise PlanError(f"`{name}` must be >= 1, got {value}", field=name)
-    for name, value in (("target_qps", wl.target_qps), ("ttft_slo", wl.ttft_slo_s),
-                        ("tpot_slo", wl.tpot_slo_s)):
+    for name, value in (
+        ("target_qps", wl.target_qps),
+        ("ttft_slo", wl.ttft_slo_s),
+        ("tpot_slo", wl.tpot_slo_s),
+    ):
         if not value > 0 or math.isinf(value):
             raise PlanError(f"`{name}` must be a positive number, got {value}", field=name)
     if not 0 <= wl.headroom < 10:
         raise PlanError(f"`headroom` must be in [0, 10), got {wl.headroom}", field="headroom")
     if wl.context > req.model.max_context:
-        raise PlanError(f"prompt + output = {wl.context} tokens exceeds {req.model.name}'s "
-                        f"{req.model.max_context}-token context", field="prompt_tokens")
+        raise PlanError(
+            f"prompt + output = {wl.context} tokens exceeds {req.model.name}'s "
+            f"{req.model.max_context}-token context",
+            field="prompt_tokens",
+        )
     if req.quant.format not in req.engine.formats:
         served = "GGUF files" if "gguf" in req.engine.formats else "safetensors checkpoints"
-        raise PlanError(f"{req.engine.name} serves {served}; quantization {req.quant.id!r} is "
-                        f"{req.quant.format} (use engine "
-                        f"{'llama.cpp' if req.quant.is_gguf else 'vllm'})", field="quant")
+        raise PlanError(
+            f"{req.engine.name} serves {served}; quantization {req.quant.id!r} is "
+            f"{req.quant.format} (use engine "
+            f"{'llama.cpp' if req.quant.is_gguf else 'vllm'})",
+            field="quant",
+        )
     if req.kv_dtype not in KV_DTYPES:
         raise PlanError(f"`kv_dtype` must be one of {', '.join(KV_DTYPES)}", field="kv_dtype")
-    for name, value in (("per_card_qps", req.per_card_qps),
-                        ("gpu_price", req.gpu_price_usd_per_hour),
-                        ("gpus_per_replica", req.gpus_per_replica), ("max_batch", req.max_batch)):
+    for name, value in (
+        ("per_card_qps", req.per_card_qps),
+        ("gpu_price", req.gpu_price_usd_per_hour),
+        ("gpus_per_replica", req.gpus_per_replica),
+        ("max_batch", req.max_batch),
+    ):
         if value is not None and not value > 0:
             raise PlanError(f"`{name}` must be > 0, got {value}", field=name)
 
 
 def make_plan(req: PlanRequest, catalog: Catalog) -> Plan:
-    """The plan for one request; a plan whose fit is `none` carries the reason and nearest options."""
+    """The plan for one request; a `none` fit carries the reason and the nearest options."""
     check_request(req)
     w = weights(req.model, req.quant, catalog)
     options = fit_options(_fit_input(req, w))
     if not options[0].ok:
         fit = replace(options[0], nearest=nearest_fits(req, catalog))
-        return Plan(request=req, weights=w, fit=fit, speed=None, replica=None,
-                    warnings=[f"does not fit: {fit.reason}"])
+        return Plan(
+            request=req,
+            weights=w,
+            fit=fit,
+            speed=None,
+            replica=None,
+            warnings=[f"does not fit: {fit.reason}"],
+        )
     plans = [_plan_for_fit(req, w, f) for f in options]
     return min(plans, key=lambda p: (bool(p.replica and p.replica.problem), p.gpus, p.fit.gpus))
 
 
 def _fit_input(req: PlanRequest, w: Weights) -> FitInput:
-    return FitInput(model=req.model, weights=w, gpu=req.gpu, engine=req.engine,
-                    context=req.workload.context, kv_dtype_bytes=KV_DTYPES[req.kv_dtype],
-                    mla_layout=req.mla_cache, gpus_per_replica=req.gpus_per_replica,
-                    max_gpus_per_replica=req.max_gpus_per_replica,
-                    host_bandwidth_gb_s=req.host_bandwidth_gb_s, cpu_ram_gib=req.cpu_ram_gib)
+    return FitInput(
+        model=req.model,
+        weights=w,
+        gpu=req.gpu,
+        engine=req.engine,
+        context=req.workload.context,
+        kv_dtype_bytes=KV_DTYPES[req.kv_dtype],
+        mla_layout=req.mla_cache,
+        gpus_per_replica=req.gpus_per_replica,
+        max_gpus_per_replica=req.max_gpus_per_replica,
+        host_bandwidth_gb_s=req.host_bandwidth_gb_s,
+        cpu_ram_gib=req.cpu_ram_gib,
+    )
 
 
 def speed_model(req: PlanRequest, w: Weights, fit: Fit) -> SpeedModel:
@@ -124,9 +163,15 @@ def speed_model(req: PlanRequest, w: Weights, fit: Fit) -> SpeedModel:
     params: dict[str, int] = {}
     for p in w.items:
         params[p.tensor.group] = params.get(p.tensor.group, 0) + p.tensor.n_elem
-    return SpeedModel(model=req.model, quant=req.quant, gpu=req.gpu, engine=req.engine,
-                      placement=fit.placement, kv_bytes_per_token_gpu=fit.kv_bytes_per_token_gpu,
-                      active_params=active_params(req.model, params_by_group=params))
+    return SpeedModel(
+        model=req.model,
+        quant=req.quant,
+        gpu=req.gpu,
+        engine=req.engine,
+        placement=fit.placement,
+        kv_bytes_per_token_gpu=fit.kv_bytes_per_token_gpu,
+        active_params=active_params(req.model, params_by_group=params),
+    )
 
 
 def _batch_cap(req: PlanRequest) -> int:
@@ -141,13 +186,26 @@ def _plan_for_fit(req: PlanRequest, w: Weights, fit: Fit) -> Plan:
     rep = replica_capacity(speed, wl, kv_tokens=fit.kv_tokens, cap=_batch_cap(req))
     warnings = _warnings(req, fit, rep)
     if req.per_card_qps:
-        rep = replace(rep, capacity_qps=req.per_card_qps * fit.gpus, batch_limit="given", problem="")
+        rep = replace(
+            rep, capacity_qps=req.per_card_qps * fit.gpus, batch_limit="given", problem=""
+        )
         warnings.append(f"per-card capacity {req.per_card_qps:g} QPS was given, not modelled")
     fleet = size_fleet(None if req.per_card_qps else speed, rep, wl)
     ramp = rollout(speed, rep, wl, list(req.ramp_qps)) if req.ramp_qps else []
-    return Plan(request=req, weights=w, fit=fit, speed=speed, replica=rep, replicas=fleet.replicas,
-                ttft_s=fleet.ttft_s, tpot_s=fleet.tpot_s, utilization=fleet.utilization,
-                limited_by=fleet.limited_by, ramp=ramp, warnings=warnings)
+    return Plan(
+        request=req,
+        weights=w,
+        fit=fit,
+        speed=speed,
+        replica=rep,
+        replicas=fleet.replicas,
+        ttft_s=fleet.ttft_s,
+        tpot_s=fleet.tpot_s,
+        utilization=fleet.utilization,
+        limited_by=fleet.limited_by,
+        ramp=ramp,
+        warnings=warnings,
+    )
 
 
 def _warnings(req: PlanRequest, fit: Fit, rep: ReplicaCapacity) -> list[str]:
@@ -155,32 +213,45 @@ def _warnings(req: PlanRequest, fit: Fit, rep: ReplicaCapacity) -> list[str]:
     if rep.problem:
         out.append(f"SLO unreachable on this configuration: {rep.problem}")
     if fit.kind in ("partial_offload", "moe_offload"):
-        out.append(f"weights in host RAM ({fit.cpu_ram_gib:.1f} GiB) are read over the CPU's "
-                   f"memory bus (assumed {req.host_bandwidth_gb_s:g} GB/s effective; set "
-                   "--cpu-bandwidth): decode speed depends on it more than on the GPU")
+        out.append(
+            f"weights in host RAM ({fit.cpu_ram_gib:.1f} GiB) are read over the CPU's "
+            f"memory bus (assumed {req.host_bandwidth_gb_s:g} GB/s effective; set "
+            "--cpu-bandwidth): decode speed depends on it more than on the GPU"
+        )
     if req.model.mla and req.engine.id == "llama.cpp" and req.mla_cache != "latent":
-        out.append(f"MLA cache layout {req.mla_cache!r}: KV per token is "
-                   f"{kv_bytes_per_token(req.model, req.engine, dtype_bytes=2, mla_layout=req.mla_cache) / 1024:.0f} KiB")
+        kv = kv_bytes_per_token(req.model, req.engine, dtype_bytes=2, mla_layout=req.mla_cache)
+        kv_kib = kv / 1024
+        out.append(f"MLA cache layout {req.mla_cache!r}: KV per token is {kv_kib:.0f} KiB")
     if req.gpu.price_usd_per_hour is None and req.gpu_price_usd_per_hour is None:
         out.append(f"no sourced hourly price for {req.gpu.name}; pass --gpu-price for costs")
     return out
 
 
 def nearest_fits(req: PlanRequest, catalog: Catalog, *, limit: int = 3) -> list[str]:
-    """Closest configurations that do fit: a smaller quantization, then a bigger GPU, then more GPUs."""
+    """Closest configurations that fit: a smaller quantization, a bigger GPU, more GPUs."""
     found: list[str] = []
     size = weights(req.model, req.quant, catalog).total_bytes
-    smaller = sorted((q for q in catalog.quants.values()
-                      if q.format == req.quant.format and q.id != req.quant.id),
-                     key=lambda q: -weights(req.model, q, catalog).total_bytes)
+    smaller = sorted(
+        (
+            q
+            for q in catalog.quants.values()
+            if q.format == req.quant.format and q.id != req.quant.id
+        ),
+        key=lambda q: -weights(req.model, q, catalog).total_bytes,
+    )
     for q in smaller:
         w = weights(req.model, q, catalog)
         if w.total_bytes < size and fit_options(_fit_input(replace(req, quant=q), w))[0].ok:
             found.append(f"--quant {q.id} on {req.gpu.id}")
             break
-    bigger = sorted((g for g in catalog.gpus.values()
-                     if g.memory_gib > req.gpu.memory_gib and not g.reference_only),
-                    key=lambda g: g.memory_gib)
+    bigger = sorted(
+        (
+            g
+            for g in catalog.gpus.values()
+            if g.memory_gib > req.gpu.memory_gib and not g.reference_only
+        ),
+        key=lambda g: g.memory_gib,
+    )
     w = weights(req.model, req.quant, catalog)
     for g in bigger:
         if fit_options(_fit_input(replace(req, gpu=g, gpus_per_replica=None), w))[0].ok:
@@ -207,11 +278,18 @@ def api_comparison(plan: Plan) -> dict[str, Any] | None:
     if price is None:
         return None
     wl = req.workload
-    api = price.monthly_usd(qps=wl.target_qps, prompt_tokens=wl.prompt_tokens,
-                            output_tokens=wl.output_tokens, hours=HOURS_PER_MONTH)
+    api = price.monthly_usd(
+        qps=wl.target_qps,
+        prompt_tokens=wl.prompt_tokens,
+        output_tokens=wl.output_tokens,
+        hours=HOURS_PER_MONTH,
+    )
     own = monthly_cost(plan)
-    return {"model": price.key, "monthly_usd": round(api, 2),
-            "input_usd_per_million": price.input_usd_per_token * 1e6,
-            "output_usd_per_million": price.output_usd_per_token * 1e6,
-            "self_hosted_to_api_ratio": None if own is None or api == 0 else round(own / api, 3),
-            "source": price.source}
+    return {
+        "model": price.key,
+        "monthly_usd": round(api, 2),
+        "input_usd_per_million": price.input_usd_per_token * 1e6,
+        "output_usd_per_million": price.output_usd_per_token * 1e6,
+        "self_hosted_to_api_ratio": None if own is None or api == 0 else round(own / api, 3),
+        "source": price.source,
+    }

@@ -21,11 +21,20 @@ def _r(x: float | None, nd: int = 3) -> float | None:
 def inputs_dict(plan: Plan) -> dict[str, Any]:
     req, wl = plan.request, plan.request.workload
     return {
-        "model": req.model.id, "quant": req.quant.id, "gpu": req.gpu.id, "engine": req.engine.id,
-        "workload": {"prompt_tokens": wl.prompt_tokens, "output_tokens": wl.output_tokens,
-                     "target_qps": wl.target_qps, "ttft_slo_s": wl.ttft_slo_s,
-                     "tpot_slo_s": wl.tpot_slo_s, "headroom": wl.headroom},
-        "kv_dtype": req.kv_dtype, "mla_cache": req.mla_cache,
+        "model": req.model.id,
+        "quant": req.quant.id,
+        "gpu": req.gpu.id,
+        "engine": req.engine.id,
+        "workload": {
+            "prompt_tokens": wl.prompt_tokens,
+            "output_tokens": wl.output_tokens,
+            "target_qps": wl.target_qps,
+            "ttft_slo_s": wl.ttft_slo_s,
+            "tpot_slo_s": wl.tpot_slo_s,
+            "headroom": wl.headroom,
+        },
+        "kv_dtype": req.kv_dtype,
+        "mla_cache": req.mla_cache,
         "gpu_price_usd_per_hour": plan.price,
         "per_card_qps": req.per_card_qps,
         "cpu_bandwidth_gb_s": req.host_bandwidth_gb_s,
@@ -38,13 +47,23 @@ def engine_settings(plan: Plan) -> dict[str, Any]:
     batch = plan.replica.max_batch if plan.replica else 1
     ctx = req.workload.context
     if req.engine.multi_gpu == "tensor_parallel":
-        return {"tensor_parallel_size": fit.tp, "pipeline_parallel_size": fit.pp,
-                "max_num_seqs": batch, "max_model_len": ctx,
-                "gpu_memory_utilization": req.engine.gpu_memory_utilization,
-                "kv_cache_dtype": req.kv_dtype}
-    return {"gpu_layers": fit.gpu_layers, "n_cpu_moe": fit.n_cpu_moe, "parallel": batch,
-            "ctx_size": ctx * batch, "split_gpus": fit.pp, "cache_type": req.kv_dtype,
-            "flash_attn": req.kv_dtype not in ("auto", "f16", "fp16")}
+        return {
+            "tensor_parallel_size": fit.tp,
+            "pipeline_parallel_size": fit.pp,
+            "max_num_seqs": batch,
+            "max_model_len": ctx,
+            "gpu_memory_utilization": req.engine.gpu_memory_utilization,
+            "kv_cache_dtype": req.kv_dtype,
+        }
+    return {
+        "gpu_layers": fit.gpu_layers,
+        "n_cpu_moe": fit.n_cpu_moe,
+        "parallel": batch,
+        "ctx_size": ctx * batch,
+        "split_gpus": fit.pp,
+        "cache_type": req.kv_dtype,
+        "flash_attn": req.kv_dtype not in ("auto", "f16", "fp16"),
+    }
 
 
 def plan_dict(plan: Plan) -> dict[str, Any]:
@@ -56,8 +75,9 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
     groups = plan.weights.bytes_by_group()
     tp_engine = req.engine.multi_gpu == "tensor_parallel"
     kv_alloc = fit.kv_tokens if tp_engine or not rep else rep.max_batch * wl.context
-    kv_tok = kv_bytes_per_token(req.model, req.engine, dtype_bytes=KV_DTYPES[req.kv_dtype],
-                                mla_layout=req.mla_cache)
+    kv_tok = kv_bytes_per_token(
+        req.model, req.engine, dtype_bytes=KV_DTYPES[req.kv_dtype], mla_layout=req.mla_cache
+    )
     return {
         "version": PLAN_VERSION,
         "inputs": inputs_dict(plan),
@@ -68,23 +88,31 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
             "kv_bytes_per_token": _r(kv_tok, 1),
             "kv_cache_tokens": fit.kv_tokens if fit.ok else None,
             "gpu_gib": _r(fit.gpu_gib_per_gpu(kv_tokens=None if tp_engine else kv_alloc))
-            if fit.ok else None,
+            if fit.ok
+            else None,
             "kv_cache_allocated_tokens": kv_alloc if fit.ok else None,
             "gpu_total_gib": req.gpu.memory_gib,
             "cpu_ram_gib": _r(fit.cpu_ram_gib) if fit.ok else None,
         },
         "fit": {
-            "kind": fit.kind, "tensor_parallel": fit.tp,
-            "pipeline_parallel": fit.pp, "gpus": fit.gpus if fit.ok else None,
-            "gpu_layers": fit.gpu_layers, "n_cpu_moe": fit.n_cpu_moe,
-            "reason": fit.reason or None, "nearest": fit.nearest,
+            "kind": fit.kind,
+            "tensor_parallel": fit.tp,
+            "pipeline_parallel": fit.pp,
+            "gpus": fit.gpus if fit.ok else None,
+            "gpu_layers": fit.gpu_layers,
+            "n_cpu_moe": fit.n_cpu_moe,
+            "reason": fit.reason or None,
+            "nearest": fit.nearest,
         },
         "speed": {
             "decode_tokens_per_s_batch1": _r(sp.decode_tokens_per_s(ctx=wl.mean_decode_context), 2)
-            if sp else None,
+            if sp
+            else None,
             "prefill_tokens_per_s": _r(wl.prompt_tokens / sp.prefill_s(wl.prompt_tokens), 1)
-            if sp else None,
-            "ttft_s": _r(plan.ttft_s), "tpot_s": _r(plan.tpot_s, 4),
+            if sp
+            else None,
+            "ttft_s": _r(plan.ttft_s),
+            "tpot_s": _r(plan.tpot_s, 4),
         },
         "replica": {
             "gpus": fit.gpus if fit.ok else None,
@@ -94,16 +122,20 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
             "per_card_qps": _r(rep.capacity_qps / fit.gpus) if rep else None,
             "slo_problem": (rep.problem or None) if rep else None,
         },
-        "fleet": {"replicas": plan.replicas, "gpus": plan.gpus,
-                  "utilization": _r(plan.utilization), "limited_by": plan.limited_by or None,
-                  "ramp": [{"target_qps": q, "replicas": n, "gpus": n * fit.gpus}
-                           for q, n in plan.ramp]},
+        "fleet": {
+            "replicas": plan.replicas,
+            "gpus": plan.gpus,
+            "utilization": _r(plan.utilization),
+            "limited_by": plan.limited_by or None,
+            "ramp": [{"target_qps": q, "replicas": n, "gpus": n * fit.gpus} for q, n in plan.ramp],
+        },
         "cost": {
             "gpu_usd_per_hour": plan.price,
             "monthly_usd": _r(monthly, 2),
             "usd_per_million_output_tokens": _r(hourly / out_tok_h * 1e6, 4) if hourly else None,
             "usd_per_thousand_requests": _r(hourly / (wl.target_qps * 3600) * 1e3, 4)
-            if hourly else None,
+            if hourly
+            else None,
             "price_source": req.gpu.price_source or None,
         },
         "hosted_api": api_comparison(plan) if fit.ok else None,
@@ -114,13 +146,15 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
 
 def render_text(d: dict[str, Any]) -> str:
     """The plan dict as the report `cardinal plan` prints."""
-    i, m, f, s, r, fl, c = (d[k] for k in ("inputs", "memory", "fit", "speed", "replica", "fleet",
-                                            "cost"))
+    i, m, f, s, r, fl, c = (
+        d[k] for k in ("inputs", "memory", "fit", "speed", "replica", "fleet", "cost")
+    )
     w = i["workload"]
     lines = [
         f"Cardinal plan: {i['model']} {i['quant']} on {i['gpu']} with {i['engine']}",
         f"  workload: {w['prompt_tokens']} prompt + {w['output_tokens']} output tokens, "
-        f"{w['target_qps']:g} QPS, TTFT <= {w['ttft_slo_s']:g} s, TPOT <= {w['tpot_slo_s'] * 1e3:g} ms, "
+        f"{w['target_qps']:g} QPS, TTFT <= {w['ttft_slo_s']:g} s, "
+        f"TPOT <= {w['tpot_slo_s'] * 1e3:g} ms, "
         f"headroom {w['headroom']:.0%}",
         "",
         "Memory",
@@ -151,8 +185,10 @@ def render_text(d: dict[str, Any]) -> str:
         f"  expected at target TTFT {_fmt(s['ttft_s'], '{:.2f} s')}, TPOT "
         f"{_fmt(s['tpot_s'] and s['tpot_s'] * 1e3, '{:.1f} ms')}",
     ]
-    lines += [f"  ramp: {st['target_qps']:g} QPS -> {st['replicas']} replicas ({st['gpus']} GPUs)"
-              for st in fl["ramp"]]
+    lines += [
+        f"  ramp: {st['target_qps']:g} QPS -> {st['replicas']} replicas ({st['gpus']} GPUs)"
+        for st in fl["ramp"]
+    ]
     lines += ["", "Cost"]
     if c["monthly_usd"] is None:
         lines.append("  no GPU price (pass --gpu-price)")
@@ -165,22 +201,29 @@ def render_text(d: dict[str, Any]) -> str:
     api = d.get("hosted_api")
     if api:
         ratio = api["self_hosted_to_api_ratio"]
-        lines.append(f"  hosted API {api['model']}: ${api['monthly_usd']:,.0f}/month for the same "
-                     f"traffic" + (f" (self-hosting costs {ratio:.2f}x)" if ratio else ""))
+        lines.append(
+            f"  hosted API {api['model']}: ${api['monthly_usd']:,.0f}/month for the same "
+            f"traffic" + (f" (self-hosting costs {ratio:.2f}x)" if ratio else "")
+        )
     return "\n".join(lines + _warn(d)) + "\n"
 
 
 def _fit_detail(f: dict[str, Any]) -> str:
     if f["kind"] == "moe_offload":
-        return (f"-ngl {f['gpu_layers']} --n-cpu-moe {f['n_cpu_moe']} "
-                "(attention, dense and shared-expert weights and the KV cache on the GPU; routed "
-                "experts of the first n-cpu-moe layers in host RAM)")
+        return (
+            f"-ngl {f['gpu_layers']} --n-cpu-moe {f['n_cpu_moe']} "
+            "(attention, dense and shared-expert weights and the KV cache on the GPU; routed "
+            "experts of the first n-cpu-moe layers in host RAM)"
+        )
     if f["kind"] == "partial_offload":
-        return f"-ngl {f['gpu_layers']} (the last {f['gpu_layers']} layers on the GPU, the rest on CPU)"
+        n = f["gpu_layers"]
+        return f"-ngl {n} (the last {n} layers on the GPU, the rest on the CPU)"
     if f["pipeline_parallel"] > 1 and f["tensor_parallel"] == 1:
         return f"layer split over {f['pipeline_parallel']} GPUs"
     if f["pipeline_parallel"] > 1:
-        return f"tensor parallel {f['tensor_parallel']} x pipeline parallel {f['pipeline_parallel']}"
+        return (
+            f"tensor parallel {f['tensor_parallel']} x pipeline parallel {f['pipeline_parallel']}"
+        )
     return f"tensor parallel {f['tensor_parallel']}"
 
 

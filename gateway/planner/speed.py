@@ -8,7 +8,9 @@ from dataclasses import dataclass
 
 from gateway.planner.catalog import Engine, Gpu, Model, Quant
 
-PCIE_GB_S = 25.0  # effective host-to-device copy rate of PCIe 4.0 x16, for weights streamed in prefill
+PCIE_GB_S = (
+    25.0  # effective host-to-device copy rate of PCIe 4.0 x16, for weights streamed in prefill
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,7 +73,9 @@ class SpeedModel:
         m, p = self.model, self.placement
         flops = 2 * self.active_params * tokens + m.num_layers * tokens**2 * self._attn_width()
         t_compute = flops / (p.tp * self._flops())
-        chunk = 512 if self.engine.multi_gpu == "layer_split" else self.engine.max_num_batched_tokens
+        chunk = (
+            512 if self.engine.multi_gpu == "layer_split" else self.engine.max_num_batched_tokens
+        )
         passes = math.ceil(tokens / chunk)
         bw = self._knobs.eta * self.gpu.bandwidth_gb_s * 1e9
         t_weights = passes * (p.gpu_dense_bytes + p.gpu_expert_bytes) / p.tp / bw
@@ -91,7 +95,9 @@ class SpeedModel:
         """heads x (d_qk + d_v): the causal attention FLOPs per layer per token pair."""
         m = self.model
         if m.mla:
-            return m.num_heads * (m.mla.qk_nope_head_dim + m.mla.qk_rope_head_dim + m.mla.v_head_dim)
+            return m.num_heads * (
+                m.mla.qk_nope_head_dim + m.mla.qk_rope_head_dim + m.mla.v_head_dim
+            )
         return m.num_heads * 2 * m.head_dim
 
     def _comm_s(self, batch: float) -> float:
@@ -112,7 +118,7 @@ class SpeedModel:
 
 
 def active_params(model: Model, *, params_by_group: dict[str, int]) -> float:
-    """Parameters one token multiplies through (embedding lookup excluded, routed experts pro rata)."""
+    """Parameters one token multiplies through (no embedding lookup; routed experts pro rata)."""
     dense = sum(v for k, v in params_by_group.items() if k not in ("embd", "experts", "mtp"))
     if model.moe is None:
         return float(dense)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from gateway.planner.catalog import Model
 
@@ -52,8 +52,10 @@ def _layer(model: Model, i: int, *, group_override: str | None) -> list[Tensor]:
     else:
         items += list(_dense_ffn(model, i))
     if group_override:
-        items = [Tensor(name=t.name, layer=t.layer, row=t.row, n_elem=t.n_elem, group=group_override)
-                 for t in items]
+        items = [
+            Tensor(name=t.name, layer=t.layer, row=t.row, n_elem=t.n_elem, group=group_override)
+            for t in items
+        ]
     return items
 
 
@@ -79,11 +81,21 @@ def _mla(m: Model, i: int) -> Iterator[Tensor]:
         yield _t(f"blk.{i}.attn_q_b.weight", i, a.q_lora_rank, m.num_heads * qk, "attn")
     else:
         yield _t(f"blk.{i}.attn_q.weight", i, m.hidden_size, m.num_heads * qk, "attn")
-    yield _t(f"blk.{i}.attn_kv_a_mqa.weight", i, m.hidden_size, a.kv_lora_rank + a.qk_rope_head_dim,
-             "attn")
+    yield _t(
+        f"blk.{i}.attn_kv_a_mqa.weight",
+        i,
+        m.hidden_size,
+        a.kv_lora_rank + a.qk_rope_head_dim,
+        "attn",
+    )
     yield _norm(f"blk.{i}.attn_kv_a_norm.weight", i, a.kv_lora_rank)
-    yield _t(f"blk.{i}.attn_kv_b.weight", i, a.kv_lora_rank,
-             m.num_heads * (a.qk_nope_head_dim + a.v_head_dim), "attn")
+    yield _t(
+        f"blk.{i}.attn_kv_b.weight",
+        i,
+        a.kv_lora_rank,
+        m.num_heads * (a.qk_nope_head_dim + a.v_head_dim),
+        "attn",
+    )
     yield _t(f"blk.{i}.attn_output.weight", i, m.num_heads * a.v_head_dim, m.hidden_size, "attn")
 
 
@@ -109,7 +121,7 @@ def _moe_ffn(m: Model, i: int) -> Iterator[Tensor]:
 
 
 def _mtp(m: Model) -> list[Tensor]:
-    """DeepSeek's multi-token-prediction module: one more decoder layer plus its own embedding and head."""
+    """DeepSeek's multi-token-prediction module: one more layer with its own embedding and head."""
     out: list[Tensor] = []
     h = m.hidden_size
     for k in range(m.mtp_layers):

@@ -10,13 +10,38 @@ from gateway.planner.catalog import Catalog, Model, Quant
 from gateway.planner.tensors import Tensor, tensors
 
 # The ggml type a llama-quantize ftype uses by default (src/llama-quant.cpp ftype -> type map).
-_BASE = {"q2_k": "q2_k", "q3_k_s": "q3_k", "q3_k_m": "q3_k", "q3_k_l": "q3_k", "q4_k_s": "q4_k",
-         "q4_k_m": "q4_k", "q5_k_s": "q5_k", "q5_k_m": "q5_k", "q6_k": "q6_k", "q8_0": "q8_0",
-         "q4_0": "q4_0", "iq4_xs": "iq4_xs", "iq2_xxs": "iq2_xxs", "iq1_s": "iq1_s",
-         "f16": "f16", "f32": "f32", "bf16": "bf16"}
-# Types a tensor falls back to when its row is not a multiple of the block (convert_incompatible_tensor).
-_FALLBACK = {"q2_k": "iq4_nl", "q3_k": "iq4_nl", "iq4_xs": "iq4_nl", "iq2_xxs": "iq4_nl",
-             "iq1_s": "iq4_nl", "iq3_s": "iq4_nl", "q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0"}
+_BASE = {
+    "q2_k": "q2_k",
+    "q3_k_s": "q3_k",
+    "q3_k_m": "q3_k",
+    "q3_k_l": "q3_k",
+    "q4_k_s": "q4_k",
+    "q4_k_m": "q4_k",
+    "q5_k_s": "q5_k",
+    "q5_k_m": "q5_k",
+    "q6_k": "q6_k",
+    "q8_0": "q8_0",
+    "q4_0": "q4_0",
+    "iq4_xs": "iq4_xs",
+    "iq2_xxs": "iq2_xxs",
+    "iq1_s": "iq1_s",
+    "f16": "f16",
+    "f32": "f32",
+    "bf16": "bf16",
+}
+# Types a tensor falls back to when no whole number of blocks fits its row
+# (convert_incompatible_tensor).
+_FALLBACK = {
+    "q2_k": "iq4_nl",
+    "q3_k": "iq4_nl",
+    "iq4_xs": "iq4_nl",
+    "iq2_xxs": "iq4_nl",
+    "iq1_s": "iq4_nl",
+    "iq3_s": "iq4_nl",
+    "q4_k": "q5_0",
+    "q5_k": "q5_1",
+    "q6_k": "q8_0",
+}
 _LOW_IQ = ("iq2_xxs", "iq1_s")
 
 
@@ -48,8 +73,11 @@ class Weights:
         return dict(out)
 
     def layer_bytes(self, layer: int, *, groups: tuple[str, ...] | None = None) -> int:
-        return sum(p.bytes for p in self.items
-                   if p.tensor.layer == layer and (groups is None or p.tensor.group in groups))
+        return sum(
+            p.bytes
+            for p in self.items
+            if p.tensor.layer == layer and (groups is None or p.tensor.group in groups)
+        )
 
     def bits_per_weight(self) -> float:
         return 8 * self.total_bytes / self.params
@@ -60,10 +88,14 @@ def weights(model: Model, quant: Quant, catalog: Catalog, *, include_mtp: bool =
     ts = tensors(model, include_mtp=include_mtp)
     if quant.is_gguf:
         types = _gguf_types(model, quant.ftype or "f16", ts)
-        items = [PlacedTensor(tensor=t, dtype=d, bytes=_gguf_bytes(t, d, catalog))
-                 for t, d in zip(ts, types)]
+        items = [
+            PlacedTensor(tensor=t, dtype=d, bytes=_gguf_bytes(t, d, catalog))
+            for t, d in zip(ts, types, strict=True)
+        ]
     else:
-        items = [PlacedTensor(tensor=t, dtype=quant.id, bytes=_safetensors_bytes(t, quant)) for t in ts]
+        items = [
+            PlacedTensor(tensor=t, dtype=quant.id, bytes=_safetensors_bytes(t, quant)) for t in ts
+        ]
     return Weights(items=tuple(items))
 
 
@@ -150,9 +182,7 @@ class _MixRules:
             new = "q4_k" if self.gqa4 else "q3_k"
         elif f == "q3_k_m":
             new = "q5_k" if i < 2 else "q4_k"
-        elif f == "q3_k_l":
-            new = "q5_k"
-        elif f == "iq4_xs" and self.gqa4:
+        elif f == "q3_k_l" or f == "iq4_xs" and self.gqa4:
             new = "q5_k"
         elif f in ("q4_k_m", "q5_k_m") and self.more_bits(i, self.n_attn_v):
             new = "q6_k"
