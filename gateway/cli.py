@@ -8,7 +8,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -77,8 +77,15 @@ def qps_list(text: str) -> tuple[float, ...]:
     return values
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (no usage block), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="cardinal", description="Size, deploy, prove and watch a self-hosted LLM fleet."
     )
     sub = p.add_subparsers(dest="command", required=True)

@@ -32,11 +32,14 @@ def test_bundled_reference_matches_shared_copy() -> None:
     assert BUNDLED_CSV.read_bytes() == SHARED_CSV.read_bytes()
 
 
-@pytest.mark.parametrize(("kind", "metric", "bound"), [
-    ("size", "median_abs_error", 0.03),
-    ("size", "max_abs_error", 0.08),
-    ("decode_tps", "median_abs_error", 0.25),
-])
+@pytest.mark.parametrize(
+    ("kind", "metric", "bound"),
+    [
+        ("size", "median_abs_error", 0.03),
+        ("size", "max_abs_error", 0.08),
+        ("decode_tps", "median_abs_error", 0.25),
+    ],
+)
 def test_accuracy_target(checks: list[Check], kind: str, metric: str, bound: float) -> None:
     value = summary(checks, kind)[metric]
     assert value is not None, f"no {kind} row is modelled"
@@ -49,20 +52,29 @@ def test_enough_rows_are_modelled(checks: list[Check], kind: str, at_least: int)
 
 
 def test_every_size_row_within_8_percent(checks: list[Check]) -> None:
-    off = [(c.row.model, c.row.quant, round(c.error, 4)) for c in checks
-           if c.row.kind == "size" and c.error is not None and abs(c.error) > 0.08]
+    off = [
+        (c.row.model, c.row.quant, round(c.error, 4))
+        for c in checks
+        if c.row.kind == "size" and c.error is not None and abs(c.error) > 0.08
+    ]
     assert off == []
 
 
 def test_rows_not_modelled_say_why(checks: list[Check]) -> None:
-    silent = [(c.row.kind, c.row.model, c.row.quant) for c in checks
-              if c.predicted is None and not c.note.strip()]
+    silent = [
+        (c.row.kind, c.row.model, c.row.quant)
+        for c in checks
+        if c.predicted is None and not c.note.strip()
+    ]
     assert silent == []
 
 
 def test_modelled_rows_carry_a_finite_prediction(checks: list[Check]) -> None:
-    bad = [(c.row.model, c.predicted) for c in checks if c.predicted is not None
-           and not (math.isfinite(c.predicted) and c.predicted > 0)]
+    bad = [
+        (c.row.model, c.predicted)
+        for c in checks
+        if c.predicted is not None and not (math.isfinite(c.predicted) and c.predicted > 0)
+    ]
     assert bad == []
 
 

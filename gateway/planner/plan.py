@@ -228,23 +228,14 @@ def _warnings(req: PlanRequest, fit: Fit, rep: ReplicaCapacity) -> list[str]:
 
 
 def nearest_fits(req: PlanRequest, catalog: Catalog, *, limit: int = 3) -> list[str]:
-    """Closest configurations that fit: a smaller quantization, a bigger GPU, more GPUs."""
-    found: list[str] = []
-    size = weights(req.model, req.quant, catalog).total_bytes
-    smaller = sorted(
-        (
-            q
-            for q in catalog.quants.values()
-            if q.format == req.quant.format and q.id != req.quant.id
-        ),
-        key=lambda q: -weights(req.model, q, catalog).total_bytes,
+    """Closest configurations that fit, each changing as little as it can: more GPUs of the same
+    kind, a smaller quantization, a bigger GPU, and both together."""
+    same_format = [q for q in catalog.quants.values() if q.format == req.quant.format]
+    size = {q.id: weights(req.model, q, catalog).total_bytes for q in same_format}
+    quants = [req.quant] + sorted(
+        (q for q in same_format if size[q.id] < size[req.quant.id]), key=lambda q: -size[q.id]
     )
-    for q in smaller:
-        w = weights(req.model, q, catalog)
-        if w.total_bytes < size and fit_options(_fit_input(replace(req, quant=q), w))[0].ok:
-            found.append(f"--quant {q.id} on {req.gpu.id}")
-            break
-    bigger = sorted(
+    gpus = [req.gpu] + sorted(
         (
             g
             for g in catalog.gpus.values()
@@ -252,16 +243,20 @@ def nearest_fits(req: PlanRequest, catalog: Catalog, *, limit: int = 3) -> list[
         ),
         key=lambda g: g.memory_gib,
     )
-    w = weights(req.model, req.quant, catalog)
-    for g in bigger:
-        if fit_options(_fit_input(replace(req, gpu=g, gpus_per_replica=None), w))[0].ok:
-            found.append(f"--gpu {g.id}")
-            break
-    for n in (2, 4, 8, 16, 32):
-        if fit_options(_fit_input(replace(req, gpus_per_replica=n), w))[0].ok:
-            found.append(f"--gpus-per-replica {n} on {req.gpu.id}")
-            break
-    return found[:limit]
+    found: list[str] = []
+    for quant in quants:
+        for gpu in gpus:
+            if len(found) == limit:
+                return found
+            trial = replace(
+                req, quant=quant, gpu=gpu, gpus_per_replica=None, max_gpus_per_replica=None
+            )
+            fit = fit_options(_fit_input(trial, weights(req.model, quant, catalog)))[0]
+            if fit.ok and not any(f"--gpu {gpu.id} " in f for f in found):
+                found.append(
+                    f"--quant {quant.id} --gpu {gpu.id} ({fit.gpus} per replica, {fit.kind})"
+                )
+    return found
 
 
 def gib(x: float) -> float:

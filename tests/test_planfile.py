@@ -1,0 +1,110 @@
+"""The plan file: written by `cardinal plan -o`, validated on load with errors naming the field."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway import planfile
+from gateway.planfile import PlanFileError
+from gateway.planner.capacity import Workload
+from gateway.planner.catalog import load_catalog
+from gateway.planner.plan import PlanRequest, make_plan
+
+
+def _plan_dict(model: str, quant: str, gpu: str, engine: str, **knobs: Any) -> dict[str, Any]:
+    c = load_catalog()
+    wl = Workload(
+        prompt_tokens=512, output_tokens=256, target_qps=10, ttft_slo_s=2, tpot_slo_s=0.05
+    )
+    req = PlanRequest(
+        model=c.model(model),
+        quant=c.quant(quant),
+        gpu=c.gpu(gpu),
+        engine=c.engine(engine),
+        workload=wl,
+        **knobs,
+    )
+    return make_plan(req, c).to_dict()
+
+
+@pytest.fixture(scope="module")
+def valid() -> dict[str, Any]:
+    return _plan_dict("deepseek-r1-distill-qwen-32b", "awq", "a100-80gb-sxm", "vllm")
+
+
+def with_value(plan: dict[str, Any], dotted: str, value: Any) -> str:
+    """The plan file text with one dotted key set (or removed, for `...`)."""
+    data = copy.deepcopy(plan)
+    *parents, last = dotted.split(".")
+    node = data
+    for part in parents:
+        node = node[part]
+    if value is ...:
+        del node[last]
+    else:
+        node[last] = value
+    return planfile.dump(data)
+
+
+@pytest.mark.parametrize(
+    ("model", "quant", "gpu", "engine", "knobs"),
+    [
+        ("deepseek-r1-distill-qwen-32b", "awq", "a100-80gb-sxm", "vllm", {}),
+        ("deepseek-v3.1", "q8_0", "l4", "llama.cpp", {}),
+        ("llama-3.1-8b", "q4_k_m", "rtx-3060-12gb", "llama.cpp", {}),  # no GPU price
+        ("deepseek-v3", "fp16", "rtx-3060-12gb", "vllm", {"max_gpus_per_replica": 1}),  # no fit
+    ],
+)
+def test_plan_round_trips(
+    model: str, quant: str, gpu: str, engine: str, knobs: dict[str, Any]
+) -> None:
+    plan = _plan_dict(model, quant, gpu, engine, **knobs)
+    assert planfile.load(planfile.dump(plan)) == plan
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value"),
+    [
+        ("version", 2),
+        ("version", ...),
+        ("version", "1"),
+        ("inputs.workload.target_qps", ...),
+        ("inputs.workload.target_qps", "10"),
+        ("inputs.workload.prompt_tokens", "512"),
+        ("inputs.workload.prompt_tokens", 512.5),
+        ("inputs.workload.prompt_tokens", -512),
+        ("inputs.workload.output_tokens", 0),
+        ("inputs.workload.ttft_slo_s", True),
+        ("inputs.model", 7),
+        ("fleet.gpus", None),
+        ("fit.kind", "banana"),
+    ],
+)
+def test_bad_field_is_named(valid: dict[str, Any], dotted: str, value: Any) -> None:
+    with pytest.raises(PlanFileError) as e:
+        planfile.load(with_value(valid, dotted, value))
+    assert e.value.field == dotted
+    assert dotted in str(e.value)
+
+
+def test_missing_section_names_the_first_key_in_it(valid: dict[str, Any]) -> None:
+    with pytest.raises(PlanFileError) as e:
+        planfile.load(with_value(valid, "inputs.workload", ...))
+    assert e.value.field.startswith("inputs.workload.")
+
+
+@pytest.mark.parametrize("text", ["", "- 1\n- 2\n", "just a string\n", "42\n"])
+def test_non_mapping_yaml(text: str) -> None:
+    with pytest.raises(PlanFileError) as e:
+        planfile.load(text)
+    assert "mapping" in str(e.value)
+
+
+def test_dump_is_yaml_with_a_comment_header(valid: dict[str, Any]) -> None:
+    text = planfile.dump(valid)
+    assert text.startswith("#")
+    assert yaml.safe_load(text) == valid
