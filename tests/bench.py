@@ -11,15 +11,23 @@ from gateway.planner.plan import PlanRequest, make_plan
 
 
 def _plans(catalog, gpus: list[str]) -> int:  # noqa: ANN001
-    wl = Workload(prompt_tokens=512, output_tokens=256, target_qps=10, ttft_slo_s=2,
-                  tpot_slo_s=0.05)
+    wl = Workload(
+        prompt_tokens=512, output_tokens=256, target_qps=10, ttft_slo_s=2, tpot_slo_s=0.05
+    )
     n = 0
     for model in catalog.models.values():
         for quant, engine in (("awq", "vllm"), ("fp8", "vllm"), ("q4_k_m", "llama.cpp")):
             for gpu in gpus:
-                make_plan(PlanRequest(model=model, quant=catalog.quant(quant),
-                                      gpu=catalog.gpu(gpu), engine=catalog.engine(engine),
-                                      workload=wl), catalog)
+                make_plan(
+                    PlanRequest(
+                        model=model,
+                        quant=catalog.quant(quant),
+                        gpu=catalog.gpu(gpu),
+                        engine=catalog.engine(engine),
+                        workload=wl,
+                    ),
+                    catalog,
+                )
                 n += 1
     return n
 

@@ -20,14 +20,16 @@ CARDINAL = Path(sys.executable).with_name("cardinal")
 
 
 def test_seeds_doc_is_current() -> None:
-    assert (ROOT / "docs/seeds.md").read_text(encoding="utf-8") == render_seeds(load_catalog()), \
+    assert (ROOT / "docs/seeds.md").read_text(encoding="utf-8") == render_seeds(load_catalog()), (
         "docs/seeds.md drifted: run `make seeds`"
+    )
 
 
 def test_accuracy_doc_is_current() -> None:
     table = render_table(check_all(load_catalog()))
-    assert (ROOT / "docs/accuracy.md").read_text(encoding="utf-8") == ACCURACY_HEADER + table, \
+    assert (ROOT / "docs/accuracy.md").read_text(encoding="utf-8") == ACCURACY_HEADER + table, (
         "docs/accuracy.md drifted: run `make accuracy`"
+    )
 
 
 def test_seed_docs_show_both_card_arithmetics() -> None:
@@ -40,16 +42,21 @@ def _readme_commands() -> list[str]:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```sh\n(.*?)```", text, flags=re.S)
     joined = "\n".join(b.replace("\\\n", " ") for b in blocks)
-    return [line.split("#")[0].strip() for line in joined.splitlines()
-            if line.strip().startswith(".venv/bin/cardinal")]
+    return [
+        line.split("#")[0].strip()
+        for line in joined.splitlines()
+        if line.strip().startswith(".venv/bin/cardinal")
+    ]
 
 
 def test_readme_opens_with_the_two_commands() -> None:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     first_block = re.search(r"```sh\n(.*?)```", text, flags=re.S)
     assert first_block is not None
-    assert [ln.split()[:2] for ln in first_block.group(1).splitlines()] == \
-        [["make", "demo"], ["make", "test"]]
+    assert [ln.split()[:2] for ln in first_block.group(1).splitlines()] == [
+        ["make", "demo"],
+        ["make", "test"],
+    ]
 
 
 @pytest.mark.parametrize("command", _readme_commands())
