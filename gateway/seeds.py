@@ -284,6 +284,16 @@ def seed_75qps(c: Catalog) -> list[Claim]:
     seed12 = plan_dict(_plan(c, **base, per_card_qps=12.0, headroom=0.0))
     ramp = plan_dict(_plan(c, **base, per_card_qps=10.0, ramp_qps=(25.0, 75.0)))
     v3 = _plan(c, model="deepseek-v3", quant="int8", gpu="a100-80gb-sxm", engine="vllm", qps=75.0)
+    alt = plan_dict(
+        _plan(
+            c,
+            model="deepseek-r1-distill-qwen-32b",
+            quant="awq",
+            gpu="a100-80gb-sxm",
+            engine="vllm",
+            qps=75.0,
+        )
+    )
     dv3 = plan_dict(v3)
     seed_price = 13200 / (6 * 730)
     h100_price = 30758 / (4 * 730)
@@ -316,7 +326,8 @@ def seed_75qps(c: Catalog) -> list[Claim]:
         ),
         Claim(
             claim="cards = ceil(75 / 10) = 8",
-            cardinal=f"{seed8['fleet']['gpus']} with --per-card-qps 10 --headroom 0",
+            cardinal=f"{seed8['fleet']['gpus']} with --per-card-qps 10 --headroom 0 (for a "
+            "model whose replica is one card; a V3 replica is 16 cards)",
             verdict=_verdict(8, seed8["fleet"]["gpus"], tol=0, why="arithmetic"),
         ),
         Claim(
@@ -361,6 +372,15 @@ def seed_75qps(c: Catalog) -> list[Claim]:
             f"${dv3['hosted_api']['monthly_usd']:,.0f}/month for the same traffic",
             verdict="wrong: off by two orders of magnitude; at this scale the hosted API or a "
             "distilled model is the realistic choice",
+        ),
+        Claim(
+            claim="(what Cardinal would deploy for 75 QPS on A100s instead)",
+            cardinal=f"R1-Distill-Qwen-32B AWQ: {alt['replica']['per_card_qps']:.2f} QPS per "
+            f"A100-80GB (batch {alt['replica']['max_batch']} within TPOT 50 ms), "
+            f"{alt['fleet']['gpus']} cards with 20 % headroom, "
+            f"${alt['cost']['monthly_usd']:,.0f}/month at "
+            f"${alt['cost']['gpu_usd_per_hour']:g}/GPU-hour",
+            verdict="Cardinal's own per-card figure, sized by its own formula",
         ),
     ]
 
