@@ -144,51 +144,29 @@ def seed_l4(c: Catalog) -> list[Claim]:
 
 def seed_8gb(c: Catalog) -> list[Claim]:
     """Seed 001: R1 8B/14B/32B distills on 8 GB cards (a Chinese blog post)."""
-    d8 = plan_dict(
-        _plan(
+
+    def desktop(model: str, quant: str, gpu: str, tokens: int) -> dict:
+        """One user on one card: the seed's setting (batch 1, llama.cpp)."""
+        plan = _plan(
             c,
-            model="deepseek-r1-distill-llama-8b",
-            quant="q4_k_m",
-            gpu="rtx-3070",
+            model=model,
+            quant=quant,
+            gpu=gpu,
             engine="llama.cpp",
             qps=0.05,
-            prompt=1024,
-            output=1024,
+            prompt=tokens,
+            output=tokens,
             tpot=1.0,
             max_batch=1,
         )
-    )
-    d8_3060 = plan_dict(
-        _plan(
-            c,
-            model="deepseek-r1-distill-llama-8b",
-            quant="q4_k_m",
-            gpu="rtx-3060-12gb",
-            engine="llama.cpp",
-            qps=0.05,
-            prompt=1024,
-            output=1024,
-            tpot=1.0,
-            max_batch=1,
-        )
-    )
+        return plan_dict(plan)
+
+    d8 = desktop("deepseek-r1-distill-llama-8b", "q4_k_m", "rtx-3070", 1024)
+    d8_3060 = desktop("deepseek-r1-distill-llama-8b", "q4_k_m", "rtx-3060-12gb", 1024)
     m14 = c.model("deepseek-r1-distill-qwen-14b")
     w14 = weights(m14, c.quant("q3_k_s"), c)
     layer14 = w14.layer_bytes(m14.num_layers // 2) / 2**20
-    d14 = plan_dict(
-        _plan(
-            c,
-            model="deepseek-r1-distill-qwen-14b",
-            quant="q3_k_s",
-            gpu="rtx-3070",
-            engine="llama.cpp",
-            qps=0.05,
-            prompt=512,
-            output=512,
-            tpot=1.0,
-            max_batch=1,
-        )
-    )
+    d14 = desktop("deepseek-r1-distill-qwen-14b", "q3_k_s", "rtx-3070", 512)
     d32 = plan_dict(
         _plan(
             c,
