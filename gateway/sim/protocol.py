@@ -1,0 +1,72 @@
+"""Parsing OpenAI requests into what the engine needs; errors name the field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.sim.errors import BadRequest, ModelNotFound
+from gateway.sim.prompt import chat_tokens, text_tokens
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenRequest:
+    kind: str  # chat | completion
+    model: str
+    prompt_tokens: int
+    max_tokens: int | None  # None: the card's default
+    stream: bool
+    include_usage: bool
+
+
+def parse(body: Any, *, kind: str, served: str) -> GenRequest:
+    """Validate a /v1/chat/completions (`kind="chat"`) or /v1/completions body."""
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str):
+        raise BadRequest("`model` is required", param="model")
+    if model != served:
+        raise ModelNotFound(f"The model `{model}` does not exist.", param="model")
+    prompt = _chat_prompt(body) if kind == "chat" else _completion_prompt(body)
+    stream = body.get("stream") is True
+    options = body.get("stream_options") or {}
+    return GenRequest(
+        kind=kind,
+        model=model,
+        prompt_tokens=prompt,
+        max_tokens=_max_tokens(body),
+        stream=stream,
+        include_usage=stream and isinstance(options, dict) and options.get("include_usage") is True,
+    )
+
+
+def _chat_prompt(body: dict[str, Any]) -> int:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("`messages` must be a non-empty list", param="messages")
+    if not all(isinstance(m, dict) and "role" in m for m in messages):
+        raise BadRequest("each of `messages` must be an object with a `role`", param="messages")
+    return chat_tokens(messages)
+
+
+def _completion_prompt(body: dict[str, Any]) -> int:
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if isinstance(prompt, str) and prompt:
+        return text_tokens(prompt)
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        return len(prompt)  # token ids
+    raise BadRequest("`prompt` must be a non-empty string or list of token ids", param="prompt")
+
+
+def _max_tokens(body: dict[str, Any]) -> int | None:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise BadRequest(f"`{name}` must be an integer > 0, got {value!r}", param=name)
+        return value
+    return None

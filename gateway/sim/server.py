@@ -1,0 +1,204 @@
+"""The simulated card's HTTP face: vLLM's OpenAI API, /health and vLLM's /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from gateway.sim.engine import Engine, EngineConfig, SequenceTooLong, Speed
+from gateway.sim.errors import ApiError, BadRequest, Loading
+from gateway.sim.metrics import CardMetrics
+from gateway.sim.protocol import GenRequest, parse
+from gateway.sim.stream import TokenEvents, chunk_text
+
+
+@dataclass(frozen=True, kw_only=True)
+class CardConfig:
+    model_name: str  # the `model` clients must name, as vLLM's --served-model-name
+    speed: Speed
+    engine: EngineConfig
+    loading_s: float = 0.0  # /health answers 503 this long after start, like a loading model
+    tokens_per_event: int = 1  # tokens per SSE event after the first (timing stays per token)
+    default_max_tokens: int = 256  # when the request names none
+
+
+config_key = web.AppKey("config_key", CardConfig)
+registry_key = web.AppKey("registry_key", CollectorRegistry)
+metrics_key = web.AppKey("metrics_key", CardMetrics)
+engine_key = web.AppKey("engine_key", Engine)
+ready_at_key = web.AppKey("ready_at_key", float)
+
+
+def create_app(config: CardConfig) -> web.Application:
+    app = web.Application(middlewares=[error_middleware])
+    registry = CollectorRegistry()
+    app[config_key] = config
+    app[registry_key] = registry
+    app[metrics_key] = CardMetrics(registry, model_name=config.model_name)
+    app.cleanup_ctx.append(engine_ctx)
+    app.router.add_get("/health", health)
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    return app
+
+
+async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Run the engine's step loop for the life of the app."""
+    config = app[config_key]
+    engine = Engine(config=config.engine, speed=config.speed)
+    app[engine_key] = engine
+    app[ready_at_key] = asyncio.get_running_loop().time() + config.loading_s
+    app[metrics_key].watch(
+        running=lambda: engine.num_running,
+        waiting=lambda: engine.num_waiting,
+        kv=lambda: engine.kv_usage,
+    )
+    task = asyncio.create_task(engine.run(), name="sim-engine")
+    yield
+    engine.abort_all()
+    task.cancel()
+    await asyncio.wait([task])  # waits for the loop to stop without swallowing our own cancel
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return web.json_response(e.body(), status=e.status)
+
+
+def _check_ready(app: web.Application) -> None:
+    if asyncio.get_running_loop().time() < app[ready_at_key]:
+        raise Loading("Loading model")
+
+
+async def health(request: web.Request) -> web.Response:
+    _check_ready(request.app)
+    return web.Response()
+
+
+async def models(request: web.Request) -> web.Response:
+    config = request.app[config_key]
+    card = {
+        "id": config.model_name,
+        "object": "model",
+        "created": int(time.time()),
+        "owned_by": "vllm",
+        "root": config.model_name,
+        "parent": None,
+        "max_model_len": config.engine.context_limit,
+    }
+    return web.json_response({"object": "list", "data": [card]})
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, kind="chat")
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, kind="completion")
+
+
+async def _generate(request: web.Request, *, kind: str) -> web.StreamResponse:
+    app = request.app
+    _check_ready(app)
+    config = app[config_key]
+    req = parse(await _json(request), kind=kind, served=config.model_name)
+    engine = app[engine_key]
+    try:
+        seq = engine.submit(prompt_tokens=req.prompt_tokens, max_tokens=_max_tokens(config, req))
+    except SequenceTooLong as e:
+        raise BadRequest(str(e), param="max_tokens") from None
+    events = TokenEvents(seq, app[metrics_key], per_event=config.tokens_per_event)
+    try:
+        if req.stream:
+            return await _stream(request, req, events)
+        return await _whole(request, req, events)
+    finally:
+        engine.abort(seq)  # client gone or handler cancelled: free the slot (no-op when done)
+
+
+async def _json(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except json.JSONDecodeError as e:
+        raise BadRequest(f"request body is not valid JSON: {e.msg}") from None
+
+
+def _max_tokens(config: CardConfig, req: GenRequest) -> int:
+    if req.max_tokens is not None:
+        return req.max_tokens
+    room = config.engine.context_limit - req.prompt_tokens
+    return max(1, min(config.default_max_tokens, room))
+
+
+async def _whole(request: web.Request, req: GenRequest, events: TokenEvents) -> web.Response:
+    async for _ in events:
+        if request.transport is None or request.transport.is_closing():
+            return web.Response(status=499)  # client gone (nginx's code); `finally` aborts
+    text = chunk_text(0, events.generated)
+    if req.kind == "chat":
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}}
+    else:
+        choice = {"index": 0, "text": text}
+    body = _envelope(req, events, object_="chat.completion" if req.kind == "chat" else None)
+    body["choices"] = [{**choice, "logprobs": None, "finish_reason": events.finish_reason}]
+    body["usage"] = events.usage()
+    return web.json_response(body)
+
+
+async def _stream(request: web.Request, req: GenRequest, events: TokenEvents) -> web.StreamResponse:
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await resp.prepare(request)
+    chat = req.kind == "chat"
+    obj = "chat.completion.chunk" if chat else None
+    if chat:
+        await _send(resp, _chunk(req, events, obj, {"delta": {"role": "assistant", "content": ""}}))
+    start = 0
+    async for n in events:
+        text = chunk_text(start, n)
+        start += n
+        part = {"delta": {"content": text}} if chat else {"text": text}
+        part["finish_reason"] = events.finish_reason if events.ended_after_this else None
+        await _send(resp, _chunk(req, events, obj, part))
+    if req.include_usage:
+        await _send(resp, {**_envelope(req, events, obj), "choices": [], "usage": events.usage()})
+    await resp.write(b"data: [DONE]\n\n")
+    await resp.write_eof()
+    return resp
+
+
+def _envelope(req: GenRequest, events: TokenEvents, object_: str | None) -> dict[str, Any]:
+    prefix = "chatcmpl" if req.kind == "chat" else "cmpl"
+    return {
+        "id": f"{prefix}-{events.seq.id}",
+        "object": object_ or "text_completion",
+        "created": events.created,
+        "model": req.model,
+    }
+
+
+def _chunk(
+    req: GenRequest, events: TokenEvents, object_: str | None, part: dict[str, Any]
+) -> dict[str, Any]:
+    choice = {"index": 0, "logprobs": None, "finish_reason": None, **part}
+    return {**_envelope(req, events, object_), "choices": [choice]}
+
+
+async def _send(resp: web.StreamResponse, payload: dict[str, Any]) -> None:
+    await resp.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
