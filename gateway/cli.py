@@ -100,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("-o", "--output", type=Path, help="also write the table as markdown here")
     seeds = sub.add_parser("seeds", help="check the seed documents' claims (writes docs/seeds.md)")
     seeds.add_argument("-o", "--output", type=Path, help="write the markdown here")
+    sim = sub.add_parser("sim", help="serve simulated cards that speak vLLM's OpenAI API")
+    sim.add_argument("--model", required=True)
+    sim.add_argument("--quant", required=True)
+    sim.add_argument("--gpu", required=True)
+    sim.add_argument("--engine", default="vllm")
+    sim.add_argument("--cards", type=positive(int), default=1, help="cards on consecutive ports")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=positive(int), default=8001, help="port of the first card")
+    sim.add_argument("--loading", type=duration, help="answer 503 'Loading model' this long")
+    sim.add_argument("--tokens-per-event", type=positive(int), default=1)
+    sim.add_argument("--max-num-seqs", type=positive(int))
     show = sub.add_parser("show", help="validate a plan file and print its report")
     show.add_argument("plan", type=Path)
     return p
@@ -290,12 +301,43 @@ def cmd_show(args: argparse.Namespace, catalog: Catalog) -> int:
     return 0
 
 
+def cmd_sim(args: argparse.Namespace, catalog: Catalog) -> int:
+    import asyncio
+
+    from gateway.sim.card import card_from_catalog
+    from gateway.sim.fleet import serve_cards
+    from gateway.sim.server import CardConfig
+
+    card = card_from_catalog(
+        catalog,
+        model=args.model,
+        quant=args.quant,
+        gpu=args.gpu,
+        engine=args.engine,
+        max_num_seqs=args.max_num_seqs,
+    )
+    name = catalog.model(args.model).id
+    configs = [
+        CardConfig(
+            model_name=name,
+            speed=card.speed,
+            engine=card.engine,
+            loading_s=args.loading or 0.0,
+            tokens_per_event=args.tokens_per_event,
+        )
+        for _ in range(args.cards)
+    ]
+    asyncio.run(serve_cards(configs, host=args.host, port=args.port))
+    return 0
+
+
 COMMANDS = {
     "plan": cmd_plan,
     "catalog": cmd_catalog,
     "check-accuracy": cmd_accuracy,
     "seeds": cmd_seeds,
     "show": cmd_show,
+    "sim": cmd_sim,
 }
 
 
