@@ -15,10 +15,10 @@ import yaml
 from gateway import planfile
 from gateway.planner.accuracy import check_all, render_table, summary
 from gateway.planner.capacity import Workload
-from gateway.planner.catalog import Catalog, load_catalog, model_from_hf_config
+from gateway.planner.catalog import Catalog, Model, load_catalog, model_from_hf_config
 from gateway.planner.errors import PlanError
 from gateway.planner.kvcache import MLA_LAYOUTS
-from gateway.planner.plan import KV_DTYPES, PlanRequest, make_plan
+from gateway.planner.plan import KV_DTYPES, PlanRequest, make_plan, request_for
 from gateway.planner.report import render_text
 
 ACCURACY_HEADER = """# Planner accuracy
@@ -173,9 +173,6 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
 def request_from_args(args: argparse.Namespace, catalog: Catalog) -> PlanRequest:
     if bool(args.model) == bool(args.model_config):
         raise PlanError("give exactly one of --model and --model-config", field="model")
-    model = catalog.model(args.model) if args.model else _model_from_file(args.model_config)
-    quant = catalog.quant(args.quant)
-    engine = catalog.engine(args.engine or ("llama.cpp" if quant.is_gguf else "vllm"))
     wl = Workload(
         prompt_tokens=args.prompt_tokens,
         output_tokens=args.output_tokens,
@@ -184,11 +181,12 @@ def request_from_args(args: argparse.Namespace, catalog: Catalog) -> PlanRequest
         tpot_slo_s=args.tpot_slo,
         headroom=args.headroom,
     )
-    return PlanRequest(
-        model=model,
-        quant=quant,
-        gpu=catalog.gpu(args.gpu),
-        engine=engine,
+    return request_for(
+        catalog,
+        model=args.model or _model_from_file(args.model_config),
+        quant=args.quant,
+        gpu=args.gpu,
+        engine=args.engine,
         workload=wl,
         kv_dtype=args.kv_dtype,
         mla_cache=args.mla_cache,
@@ -204,7 +202,7 @@ def request_from_args(args: argparse.Namespace, catalog: Catalog) -> PlanRequest
     )
 
 
-def _model_from_file(path: Path):  # noqa: ANN202 - Model
+def _model_from_file(path: Path) -> Model:
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except OSError as e:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from gateway.planner.capacity import Workload
+from gateway.planner.capacity import HOURS_PER_MONTH, Workload
 from gateway.planner.catalog import Catalog
-from gateway.planner.fit import GIB, FitInput, fit_options
-from gateway.planner.plan import Plan, PlanRequest, make_plan
+from gateway.planner.fit import GIB, fit_options
+from gateway.planner.plan import Plan, fit_input, make_plan, request_for
 from gateway.planner.report import plan_dict
 from gateway.planner.speed import active_params
 from gateway.planner.tensors import param_count
@@ -40,25 +41,20 @@ def _plan(
     output: int = 256,
     ttft: float = 2.0,
     tpot: float = 0.05,
-    **kw: object,
+    headroom: float = 0.2,
+    **knobs: Any,
 ) -> Plan:
-    headroom = kw.pop("headroom", 0.2)
     wl = Workload(
         prompt_tokens=prompt,
         output_tokens=output,
         target_qps=qps,
         ttft_slo_s=ttft,
         tpot_slo_s=tpot,
-        headroom=float(headroom),
-    )  # type: ignore[arg-type]
-    req = PlanRequest(
-        model=catalog.model(model),
-        quant=catalog.quant(quant),
-        gpu=catalog.gpu(gpu),
-        engine=catalog.engine(engine),
-        workload=wl,
-        **kw,
-    )  # type: ignore[arg-type]
+        headroom=headroom,
+    )
+    req = request_for(
+        catalog, model=model, quant=quant, gpu=gpu, engine=engine, workload=wl, **knobs
+    )
     return make_plan(req, catalog)
 
 
@@ -245,10 +241,8 @@ def seed_8gb(c: Catalog) -> list[Claim]:
 def seed_75qps(c: Catalog) -> list[Claim]:
     """Seed 002: 75 QPS of DeepSeek V3 on 6 x A100 INT8 (a Chinese forum post)."""
     m = c.model("deepseek-v3")
-    fp16 = weights(m, c.quant("fp16"), c).total_bytes
-    params = {}
-    for p in weights(m, c.quant("fp16"), c).items:
-        params[p.tensor.group] = params.get(p.tensor.group, 0) + p.tensor.n_elem
+    w16 = weights(m, c.quant("fp16"), c)
+    fp16, params = w16.total_bytes, w16.params_by_group()
     active = (active_params(m, params_by_group=params) + params["embd"]) / 1e9
     base = dict(
         model="deepseek-r1-distill-qwen-7b",
@@ -273,8 +267,8 @@ def seed_75qps(c: Catalog) -> list[Claim]:
         )
     )
     dv3 = plan_dict(v3)
-    seed_price = 13200 / (6 * 730)
-    h100_price = 30758 / (4 * 730)
+    seed_price = 13200 / (6 * HOURS_PER_MONTH)
+    h100_price = 30758 / (4 * HOURS_PER_MONTH)
     return [
         Claim(
             claim="V3 FP16 weights need 134 GB (67B x 2 bytes)",
@@ -331,10 +325,11 @@ def seed_75qps(c: Catalog) -> list[Claim]:
         ),
         Claim(
             claim="6 x A100 cost $13,200/month; 8 x A100 $17,625",
-            cardinal=f"the seed's price is ${seed_price:.2f}/GPU-hour (730 h); the catalog's "
+            cardinal=f"the seed's price is ${seed_price:.2f}/GPU-hour ({HOURS_PER_MONTH:g} h); "
+            "the catalog's "
             f"2026 on-demand A100-80GB price is ${c.gpu('a100-80gb-sxm').price_usd_per_hour:g}",
             verdict="agrees as arithmetic (8 cards at the same rate = "
-            f"${8 * seed_price * 730:,.0f}); prices are the user's to set",
+            f"${8 * seed_price * HOURS_PER_MONTH:,.0f}); prices are the user's to set",
         ),
         Claim(
             claim="4 x H100 cost $30,758/month",
@@ -385,16 +380,7 @@ def seed_70b(c: Catalog) -> list[Claim]:
             prompt=2048,
             output=512,
         )
-        fits = fit_options(
-            FitInput(
-                model=m,
-                weights=p.weights,
-                gpu=p.request.gpu,
-                engine=p.request.engine,
-                context=2560,
-                kv_dtype_bytes=2.0,
-            )
-        )
+        fits = fit_options(fit_input(p.request, p.weights))
         least = fits[0].gpus
         size_ok = _verdict(seed_gb, w, tol=0.1, why="") == "agrees"
         parts = ([] if size_ok else [f"the weights are {w:.0f} GB"]) + (

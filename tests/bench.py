@@ -6,27 +6,20 @@ import time
 
 from gateway.planner.accuracy import check_all
 from gateway.planner.capacity import Workload
-from gateway.planner.catalog import load_catalog
-from gateway.planner.plan import PlanRequest, make_plan
+from gateway.planner.catalog import Catalog, load_catalog
+from gateway.planner.plan import make_plan, request_for
 
 
-def _plans(catalog, gpus: list[str]) -> int:  # noqa: ANN001
+def _plans(catalog: Catalog, gpus: list[str]) -> int:
     wl = Workload(
         prompt_tokens=512, output_tokens=256, target_qps=10, ttft_slo_s=2, tpot_slo_s=0.05
     )
     n = 0
     for model in catalog.models.values():
-        for quant, engine in (("awq", "vllm"), ("fp8", "vllm"), ("q4_k_m", "llama.cpp")):
+        for quant in ("awq", "fp8", "q4_k_m"):
             for gpu in gpus:
                 make_plan(
-                    PlanRequest(
-                        model=model,
-                        quant=catalog.quant(quant),
-                        gpu=catalog.gpu(gpu),
-                        engine=catalog.engine(engine),
-                        workload=wl,
-                    ),
-                    catalog,
+                    request_for(catalog, model=model, quant=quant, gpu=gpu, workload=wl), catalog
                 )
                 n += 1
     return n

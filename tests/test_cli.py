@@ -11,6 +11,7 @@ import pytest
 
 from gateway import planfile
 from gateway.cli import main
+from tests.hf_configs import QWEN2_7B_CONFIG
 
 CARDINAL = Path(sys.executable).parent / "cardinal"
 PLAN_32B = [
@@ -35,19 +36,6 @@ PLAN_32B = [
     "50ms",
 ]
 WORKLOAD = ["--target-qps", "2", "--prompt-tokens", "512", "--output-tokens", "256"]
-QWEN2_7B_CONFIG = {
-    "architectures": ["Qwen2ForCausalLM"],
-    "model_type": "qwen2",
-    "hidden_size": 3584,
-    "intermediate_size": 18944,
-    "num_attention_heads": 28,
-    "num_hidden_layers": 28,
-    "num_key_value_heads": 4,
-    "max_position_embeddings": 32768,
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
-    "vocab_size": 152064,
-}
 
 
 def cardinal(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -143,23 +131,18 @@ def test_check_accuracy_targets_met(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.rstrip().splitlines()[-1].endswith(": met")
 
 
-def test_model_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def plan_from_config(
+    cfg: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str], *extra: str
+) -> tuple[int, str, str]:
+    """`cardinal plan --model-config` on `cfg` written to a config.json, fp16 on an A100."""
     config = tmp_path / "config.json"
-    config.write_text(json.dumps(QWEN2_7B_CONFIG), encoding="utf-8")
-    code, out, err = cardinal(
-        [
-            "plan",
-            "--model-config",
-            str(config),
-            "--quant",
-            "fp16",
-            "--gpu",
-            "a100-80gb-sxm",
-            *WORKLOAD,
-            "--json",
-        ],
-        capsys,
-    )
+    config.write_text(json.dumps(cfg), encoding="utf-8")
+    argv = ["plan", "--model-config", str(config), "--quant", "fp16", "--gpu", "a100-80gb-sxm"]
+    return cardinal([*argv, *WORKLOAD, *extra], capsys)
+
+
+def test_model_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = plan_from_config(QWEN2_7B_CONFIG, tmp_path, capsys, "--json")
     data = json.loads(out)
     assert (code, err) == (0, "")
     # same 7,615,616,512 parameters as the catalog's Qwen2.5-7B, at 2 bytes each
@@ -168,22 +151,8 @@ def test_model_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_model_config_missing_layers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = tmp_path / "config.json"
     cfg = {k: v for k, v in QWEN2_7B_CONFIG.items() if k != "num_hidden_layers"}
-    config.write_text(json.dumps(cfg), encoding="utf-8")
-    code, _, err = cardinal(
-        [
-            "plan",
-            "--model-config",
-            str(config),
-            "--quant",
-            "fp16",
-            "--gpu",
-            "a100-80gb-sxm",
-            *WORKLOAD,
-        ],
-        capsys,
-    )
+    code, _, err = plan_from_config(cfg, tmp_path, capsys)
     assert code == 2
     assert "--model-config" in err and "num_hidden_layers" in err
     assert "Traceback" not in err

@@ -12,26 +12,9 @@ import pytest
 from gateway.planner.capacity import Workload
 from gateway.planner.catalog import Catalog, load_catalog, model_from_hf_config
 from gateway.planner.errors import PlanError
-from gateway.planner.plan import Plan, PlanRequest, make_plan
+from gateway.planner.plan import Plan, PlanRequest, make_plan, request_for
 from gateway.planner.tensors import param_count
-
-# Qwen/Qwen2.5-7B-Instruct config.json
-QWEN2_7B_CONFIG: dict[str, Any] = {
-    "architectures": ["Qwen2ForCausalLM"],
-    "model_type": "qwen2",
-    "hidden_act": "silu",
-    "hidden_size": 3584,
-    "intermediate_size": 18944,
-    "num_attention_heads": 28,
-    "num_hidden_layers": 28,
-    "num_key_value_heads": 4,
-    "max_position_embeddings": 32768,
-    "rms_norm_eps": 1e-06,
-    "rope_theta": 1000000.0,
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
-    "vocab_size": 152064,
-}
+from tests.hf_configs import QWEN2_7B_CONFIG
 
 JSON_KEYS = [
     "memory.weights_gib",
@@ -82,13 +65,8 @@ def request(
         tpot_slo_s=tpot_slo_s,
         headroom=headroom,
     )
-    return PlanRequest(
-        model=catalog.model(model),
-        quant=catalog.quant(quant),
-        gpu=catalog.gpu(gpu),
-        engine=catalog.engine(engine),
-        workload=wl,
-        **knobs,
+    return request_for(
+        catalog, model=model, quant=quant, gpu=gpu, engine=engine, workload=wl, **knobs
     )
 
 

@@ -12,7 +12,7 @@ from gateway import planfile
 from gateway.planfile import PlanFileError
 from gateway.planner.capacity import Workload
 from gateway.planner.catalog import load_catalog
-from gateway.planner.plan import PlanRequest, make_plan
+from gateway.planner.plan import make_plan, request_for
 
 
 def _plan_dict(model: str, quant: str, gpu: str, engine: str, **knobs: Any) -> dict[str, Any]:
@@ -20,14 +20,7 @@ def _plan_dict(model: str, quant: str, gpu: str, engine: str, **knobs: Any) -> d
     wl = Workload(
         prompt_tokens=512, output_tokens=256, target_qps=10, ttft_slo_s=2, tpot_slo_s=0.05
     )
-    req = PlanRequest(
-        model=c.model(model),
-        quant=c.quant(quant),
-        gpu=c.gpu(gpu),
-        engine=c.engine(engine),
-        workload=wl,
-        **knobs,
-    )
+    req = request_for(c, model=model, quant=quant, gpu=gpu, engine=engine, workload=wl, **knobs)
     return make_plan(req, c).to_dict()
 
 

@@ -12,8 +12,8 @@ from importlib import resources
 from gateway.planner.capacity import Workload
 from gateway.planner.catalog import Catalog, Gpu, Model, Quant
 from gateway.planner.errors import PlanError
-from gateway.planner.fit import GIB, FitInput, fit_options
-from gateway.planner.plan import KV_DTYPES, PlanRequest, speed_model
+from gateway.planner.fit import GIB, fit_options
+from gateway.planner.plan import PlanRequest, fit_input, speed_model
 from gateway.planner.tensors import param_count
 from gateway.planner.weights import weights
 
@@ -170,22 +170,20 @@ def _speed(catalog: Catalog, row: Row) -> Check:
     n = _numbers(row.setting)
     prompt = n.get("pp") or n.get("in") or 1
     out = n.get("out") or n.get("tg") or 128
-    w = weights(model, quant, catalog)
-    inp = FitInput(
+    wl = Workload(prompt_tokens=prompt, output_tokens=out, target_qps=1, ttft_slo_s=1, tpot_slo_s=1)
+    req = PlanRequest(
         model=model,
-        weights=w,
+        quant=quant,
         gpu=gpu,
         engine=engine,
-        context=prompt + out,
-        kv_dtype_bytes=KV_DTYPES["auto"],
+        workload=wl,
         gpus_per_replica=n.get("tp") or count,
         gpu_layers=n.get("ngl"),
     )
-    fit = fit_options(inp)[0]
+    w = weights(model, quant, catalog)
+    fit = fit_options(fit_input(req, w))[0]
     if not fit.ok:
         raise _NotModelled(f"does not fit in the planner: {fit.reason}")
-    wl = Workload(prompt_tokens=prompt, output_tokens=out, target_qps=1, ttft_slo_s=1, tpot_slo_s=1)
-    req = PlanRequest(model=model, quant=quant, gpu=gpu, engine=engine, workload=wl)
     sp = speed_model(req, w, fit)
     if row.kind == "prefill_tps":
         return Check(row=row, predicted=prompt / sp.prefill_s(prompt))

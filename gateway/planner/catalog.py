@@ -125,13 +125,10 @@ class Engine:
     gpus_per_node: int = 8
     gpu_memory_utilization: float = 1.0
     margin_gib: float = 0.0
-    kv_dtype_bytes: float = 2.0
-    default_parallel: int = 4
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
     allreduce_latency_us: float = 10.0
     kquant_prefill_factor: float = 1.0
-    max_batch_default: int = 256
 
 
 @dataclass(frozen=True)
@@ -154,6 +151,10 @@ class Catalog:
 
     def engine(self, name: str) -> Engine:
         return self.engines[self._resolve("engine", name)]
+
+    def default_engine(self, quant: Quant) -> Engine:
+        """The engine that serves a quantization's file format (GGUF: llama.cpp, else vLLM)."""
+        return self.engines["llama.cpp" if quant.is_gguf else "vllm"]
 
     def _resolve(self, kind: str, name: str) -> str:
         key = normalize(name)

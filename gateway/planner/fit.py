@@ -80,7 +80,6 @@ def fit_options(inp: FitInput) -> list[Fit]:
         fits = [f for f in (_tp_fit(inp, tp, pp) for tp, pp in _tp_degrees(inp)) if f.ok]
         return fits or [
             _no_fit(
-                inp,
                 "weights plus the KV cache of one full-context sequence exceed "
                 f"{_max_gpus(inp)} x {inp.gpu.name}",
             )
@@ -197,7 +196,6 @@ def _llamacpp_fits(inp: FitInput) -> list[Fit]:
     if fit.ok and inp.cpu_ram_gib is not None and fit.cpu_ram_gib > inp.cpu_ram_gib:
         return [
             _no_fit(
-                inp,
                 f"offload needs {fit.cpu_ram_gib:.0f} GiB of host RAM, "
                 f"more than the {inp.cpu_ram_gib:.0f} GiB given",
             )
@@ -255,7 +253,6 @@ def _layer_offload(inp: FitInput, n: int, budget: float, need_kv: float) -> Fit:
         used, ngl = used + step, ngl + 1
     if ngl == 0:
         return _no_fit(
-            inp,
             f"not even one layer ({w.layer_bytes(m.num_layers - 1) / GIB:.2f} GiB) "
             f"plus its KV cache fits in {inp.gpu.name}",
         )
@@ -285,5 +282,5 @@ def _layer_offload(inp: FitInput, n: int, budget: float, need_kv: float) -> Fit:
     )
 
 
-def _no_fit(inp: FitInput, reason: str) -> Fit:
+def _no_fit(reason: str) -> Fit:
     return Fit(kind="none", reason=reason)

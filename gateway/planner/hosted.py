@@ -10,6 +10,7 @@ import functools
 import importlib.util
 import json
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 MAP_FILE = "model_prices_and_context_window_backup.json"
@@ -47,8 +48,6 @@ def api_price(key: str) -> ApiPrice | None:
     entry = _price_map().get(key)
     if not entry or entry.get("input_cost_per_token") is None:
         return None
-    from importlib.metadata import version
-
     return ApiPrice(
         key=key,
         input_usd_per_token=float(entry["input_cost_per_token"]),

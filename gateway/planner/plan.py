@@ -16,7 +16,7 @@ from gateway.planner.capacity import (
 )
 from gateway.planner.catalog import Catalog, Engine, Gpu, Model, Quant
 from gateway.planner.errors import PlanError
-from gateway.planner.fit import GIB, Fit, FitInput, fit_options
+from gateway.planner.fit import Fit, FitInput, fit_options
 from gateway.planner.hosted import api_price
 from gateway.planner.kvcache import kv_bytes_per_token
 from gateway.planner.speed import SpeedModel, active_params
@@ -51,6 +51,7 @@ class PlanRequest:
     cpu_ram_gib: float | None = None
     ramp_qps: tuple[float, ...] = ()
     api_model: str | None = None
+    gpu_layers: int | None = None  # force llama.cpp -ngl (reference rows measured that way)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,7 +83,29 @@ class Plan:
         return plan_dict(self)
 
 
-def check_request(req: PlanRequest) -> None:
+def request_for(
+    catalog: Catalog,
+    *,
+    model: str | Model,
+    quant: str,
+    gpu: str,
+    workload: Workload,
+    engine: str | None = None,
+    **knobs: Any,
+) -> PlanRequest:
+    """A request from catalog names; the engine defaults to the one serving the quant's format."""
+    q = catalog.quant(quant)
+    return PlanRequest(
+        model=catalog.model(model) if isinstance(model, str) else model,
+        quant=q,
+        gpu=catalog.gpu(gpu),
+        engine=catalog.engine(engine) if engine else catalog.default_engine(q),
+        workload=workload,
+        **knobs,
+    )
+
+
+def check_request(req: PlanRequest, catalog: Catalog) -> None:
     """Raise PlanError naming the field for combinations no engine can run."""
     wl = req.workload
     for name, value in (("prompt_tokens", wl.prompt_tokens), ("output_tokens", wl.output_tokens)):
@@ -107,8 +130,7 @@ def check_request(req: PlanRequest) -> None:
         served = "GGUF files" if "gguf" in req.engine.formats else "safetensors checkpoints"
         raise PlanError(
             f"{req.engine.name} serves {served}; quantization {req.quant.id!r} is "
-            f"{req.quant.format} (use engine "
-            f"{'llama.cpp' if req.quant.is_gguf else 'vllm'})",
+            f"{req.quant.format} (use engine {catalog.default_engine(req.quant).id})",
             field="quant",
         )
     if req.kv_dtype not in KV_DTYPES:
@@ -125,9 +147,9 @@ def check_request(req: PlanRequest) -> None:
 
 def make_plan(req: PlanRequest, catalog: Catalog) -> Plan:
     """The plan for one request; a `none` fit carries the reason and the nearest options."""
-    check_request(req)
+    check_request(req, catalog)
     w = weights(req.model, req.quant, catalog)
-    options = fit_options(_fit_input(req, w))
+    options = fit_options(fit_input(req, w))
     if not options[0].ok:
         fit = replace(options[0], nearest=nearest_fits(req, catalog))
         return Plan(
@@ -142,7 +164,8 @@ def make_plan(req: PlanRequest, catalog: Catalog) -> Plan:
     return min(plans, key=lambda p: (bool(p.replica and p.replica.problem), p.gpus, p.fit.gpus))
 
 
-def _fit_input(req: PlanRequest, w: Weights) -> FitInput:
+def fit_input(req: PlanRequest, w: Weights) -> FitInput:
+    """What the memory fit needs from a request."""
     return FitInput(
         model=req.model,
         weights=w,
@@ -155,14 +178,12 @@ def _fit_input(req: PlanRequest, w: Weights) -> FitInput:
         max_gpus_per_replica=req.max_gpus_per_replica,
         host_bandwidth_gb_s=req.host_bandwidth_gb_s,
         cpu_ram_gib=req.cpu_ram_gib,
+        gpu_layers=req.gpu_layers,
     )
 
 
 def speed_model(req: PlanRequest, w: Weights, fit: Fit) -> SpeedModel:
     assert fit.placement is not None
-    params: dict[str, int] = {}
-    for p in w.items:
-        params[p.tensor.group] = params.get(p.tensor.group, 0) + p.tensor.n_elem
     return SpeedModel(
         model=req.model,
         quant=req.quant,
@@ -170,20 +191,16 @@ def speed_model(req: PlanRequest, w: Weights, fit: Fit) -> SpeedModel:
         engine=req.engine,
         placement=fit.placement,
         kv_bytes_per_token_gpu=fit.kv_bytes_per_token_gpu,
-        active_params=active_params(req.model, params_by_group=params),
+        active_params=active_params(req.model, params_by_group=w.params_by_group()),
     )
-
-
-def _batch_cap(req: PlanRequest) -> int:
-    if req.max_batch:
-        return req.max_batch
-    return req.engine.max_num_seqs if req.engine.multi_gpu == "tensor_parallel" else 64
 
 
 def _plan_for_fit(req: PlanRequest, w: Weights, fit: Fit) -> Plan:
     wl = req.workload
     speed = speed_model(req, w, fit)
-    rep = replica_capacity(speed, wl, kv_tokens=fit.kv_tokens, cap=_batch_cap(req))
+    rep = replica_capacity(
+        speed, wl, kv_tokens=fit.kv_tokens, cap=req.max_batch or req.engine.max_num_seqs
+    )
     warnings = _warnings(req, fit, rep)
     if req.per_card_qps:
         rep = replace(
@@ -251,16 +268,12 @@ def nearest_fits(req: PlanRequest, catalog: Catalog, *, limit: int = 3) -> list[
             trial = replace(
                 req, quant=quant, gpu=gpu, gpus_per_replica=None, max_gpus_per_replica=None
             )
-            fit = fit_options(_fit_input(trial, weights(req.model, quant, catalog)))[0]
+            fit = fit_options(fit_input(trial, weights(req.model, quant, catalog)))[0]
             if fit.ok and not any(f"--gpu {gpu.id} " in f for f in found):
                 found.append(
                     f"--quant {quant.id} --gpu {gpu.id} ({fit.gpus} per replica, {fit.kind})"
                 )
     return found
-
-
-def gib(x: float) -> float:
-    return x / GIB
 
 
 def monthly_cost(plan: Plan) -> float | None:

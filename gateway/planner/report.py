@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from gateway.planner.capacity import HOURS_PER_MONTH
 from gateway.planner.fit import GIB
 from gateway.planner.kvcache import kv_bytes_per_token
 from gateway.planner.plan import KV_DTYPES, Plan, api_comparison, monthly_cost
@@ -71,7 +72,7 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
     wl = req.workload
     monthly = monthly_cost(plan)
     out_tok_h = wl.target_qps * wl.output_tokens * 3600
-    hourly = None if monthly is None else monthly / 730
+    hourly = None if monthly is None else monthly / HOURS_PER_MONTH
     groups = plan.weights.bytes_by_group()
     tp_engine = req.engine.multi_gpu == "tensor_parallel"
     kv_alloc = fit.kv_tokens if tp_engine or not rep else rep.max_batch * wl.context

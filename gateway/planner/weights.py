@@ -72,6 +72,12 @@ class Weights:
             out[p.tensor.group] += p.bytes
         return dict(out)
 
+    def params_by_group(self) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        for p in self.items:
+            out[p.tensor.group] += p.tensor.n_elem
+        return dict(out)
+
     def layer_bytes(self, layer: int, *, groups: tuple[str, ...] | None = None) -> int:
         return sum(
             p.bytes

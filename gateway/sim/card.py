@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from gateway.planner.capacity import Workload
 from gateway.planner.catalog import Catalog
 from gateway.planner.errors import PlanError
-from gateway.planner.plan import PlanRequest, make_plan
+from gateway.planner.plan import make_plan, request_for
 from gateway.planner.speed import SpeedModel
 from gateway.sim.engine import EngineConfig
 
@@ -29,23 +29,18 @@ def card_from_catalog(
 ) -> Card:
     """The replica the planner would deploy for this model x quant x GPU (workload is nominal:
     only the fit and the speed model are used)."""
-    eng = catalog.engine(engine)
-    m = catalog.model(model)
     workload = Workload(
         prompt_tokens=512, output_tokens=256, target_qps=1.0, ttft_slo_s=2.0, tpot_slo_s=0.05
     )
-    plan = make_plan(
-        PlanRequest(
-            model=m, quant=catalog.quant(quant), gpu=catalog.gpu(gpu), engine=eng, workload=workload
-        ),
-        catalog,
-    )
+    req = request_for(catalog, model=model, quant=quant, gpu=gpu, engine=engine, workload=workload)
+    plan = make_plan(req, catalog)
+    eng = req.engine
     if plan.speed is None:
         raise PlanError(f"{model} {quant} does not fit on {gpu}: {plan.fit.reason}", field="gpu")
     config = EngineConfig(
         kv_tokens=plan.fit.kv_tokens,
         max_num_seqs=max_num_seqs or eng.max_num_seqs,
         max_num_batched_tokens=eng.max_num_batched_tokens,
-        max_model_len=m.max_context,
+        max_model_len=req.model.max_context,
     )
     return Card(speed=plan.speed, engine=config)
