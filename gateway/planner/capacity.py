@@ -34,6 +34,7 @@ class ReplicaCapacity:
     batch_limit: str  # kv_memory | tpot_slo | engine_cap | given
     prefill_s: float
     step_s: float  # decode step at max_batch
+    tpot_s: float  # time per output token at capacity: the decode step plus the prefills it carries
     capacity_qps: float
     problem: str = ""  # why the SLOs cannot be met at any load; empty when they can
 
@@ -57,9 +58,10 @@ def replica_capacity(
             f"the KV cache holds {kv_tokens} tokens, less than one {wl.context}-token sequence"
         )
     elif limits["tpot_slo"] < 1:
-        t1 = speed.decode_step_s(batch=1, ctx=ctx)
+        t1 = _loaded_tpot(speed, wl, 1)
         problem = (
-            f"TPOT at batch 1 is {t1 * 1e3:.1f} ms, above the {wl.tpot_slo_s * 1e3:.0f} ms SLO"
+            f"TPOT at batch 1 is {t1 * 1e3:.1f} ms (decode step plus prefill share), above the "
+            f"{wl.tpot_slo_s * 1e3:.0f} ms SLO"
         )
     elif prefill > wl.ttft_slo_s:
         problem = f"prefill alone takes {prefill:.2f} s, above the {wl.ttft_slo_s:g} s TTFT SLO"
@@ -71,22 +73,35 @@ def replica_capacity(
         batch_limit=reason,
         prefill_s=prefill,
         step_s=step,
+        tpot_s=_loaded_tpot(speed, wl, batch),
         capacity_qps=qps,
         problem=problem,
     )
 
 
 def _slo_batch(speed: SpeedModel, wl: Workload, cap: int) -> int:
-    """Largest batch whose decode step stays within the TPOT SLO (step time grows with batch)."""
-    ctx = wl.mean_decode_context
+    """Largest batch whose loaded TPOT stays within the SLO (it grows with the batch)."""
     lo, hi = 0, cap
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if speed.decode_step_s(batch=mid, ctx=ctx) <= wl.tpot_slo_s:
+        if _loaded_tpot(speed, wl, mid) <= wl.tpot_slo_s:
             lo = mid
         else:
             hi = mid - 1
     return lo
+
+
+def _loaded_tpot(speed: SpeedModel, wl: Workload, batch: int) -> float:
+    """TPOT of a replica running `batch` sequences at its capacity rate.
+
+    With chunked prefill (vLLM's default) new prompts are computed inside the decode steps, so
+    every running sequence waits for them too: at the capacity rate 1 / (t_p + O t_s / B) the GPU
+    spends the share rate x t_p of its time on prefill, and TPOT = t_s / (1 - share)
+    = t_s + B t_p / O. The bare step t_s(B) <= SLO (FORMULAS.md 2.12 step 2) would let measured
+    TPOT exceed the SLO at exactly the load the plan promises.
+    """
+    step = speed.decode_step_s(batch=batch, ctx=wl.mean_decode_context)
+    return step + batch * speed.prefill_s(wl.prompt_tokens) / wl.output_tokens
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,7 +109,7 @@ class Fleet:
     replicas: int
     utilization: float  # offered load / capacity at the target rate
     ttft_s: float  # expected mean TTFT at the target rate
-    tpot_s: float  # expected decode step at the target rate
+    tpot_s: float  # expected TPOT at the target rate
     limited_by: str  # headroom | ttft_slo
 
 
@@ -114,13 +129,13 @@ def size_fleet(
     replicas = max(1, math.ceil(target / (rep.capacity_qps * util) - 1e-9))
     rho = target / (replicas * rep.capacity_qps)
     ttft = rep.prefill_s + (rho / (2 * (1 - rho)) * service if rho < 1 else math.inf)
-    tpot = _operating_step(speed, rep, wl, per_replica_qps=target / replicas, ttft=ttft)
+    tpot = _operating_tpot(speed, rep, wl, per_replica_qps=target / replicas, ttft=ttft)
     return Fleet(
         replicas=replicas, utilization=rho, ttft_s=ttft, tpot_s=tpot, limited_by=limited_by
     )
 
 
-def _operating_step(
+def _operating_tpot(
     speed: SpeedModel | None,
     rep: ReplicaCapacity,
     wl: Workload,
@@ -128,16 +143,19 @@ def _operating_step(
     per_replica_qps: float,
     ttft: float,
 ) -> float:
-    """Decode step at the concurrency Little's law gives for the offered rate."""
+    """TPOT at the offered rate: the decode step at the concurrency Little's law gives, stretched
+    by the share of time the replica spends on prefill (see `_loaded_tpot`)."""
     if speed is None:
-        return rep.step_s
-    step = rep.step_s
-    for _ in range(8):  # fixed point: concurrency depends on the step time it produces
-        busy = per_replica_qps * (min(ttft, 60.0) + wl.output_tokens * step)
+        return rep.tpot_s
+    idle = max(1.0 - per_replica_qps * rep.prefill_s, 1e-3)
+    tpot = rep.step_s
+    for _ in range(8):  # fixed point: concurrency depends on the TPOT it produces
+        busy = per_replica_qps * (min(ttft, 60.0) + wl.output_tokens * tpot)
         step = speed.decode_step_s(
             batch=min(max(busy, 1.0), rep.max_batch), ctx=wl.mean_decode_context
         )
-    return step
+        tpot = step / idle
+    return tpot
 
 
 def rollout(
