@@ -7,8 +7,9 @@ import json
 import re
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import yaml
 
@@ -20,6 +21,10 @@ from gateway.planner.errors import PlanError
 from gateway.planner.kvcache import MLA_LAYOUTS
 from gateway.planner.plan import KV_DTYPES, PlanRequest, make_plan, request_for
 from gateway.planner.report import render_text
+
+if TYPE_CHECKING:
+    from gateway.sim.card import Card
+    from gateway.sim.faults import Faults
 
 ACCURACY_HEADER = """# Planner accuracy
 
@@ -100,17 +105,40 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("-o", "--output", type=Path, help="also write the table as markdown here")
     seeds = sub.add_parser("seeds", help="check the seed documents' claims (writes docs/seeds.md)")
     seeds.add_argument("-o", "--output", type=Path, help="write the markdown here")
-    sim = sub.add_parser("sim", help="serve simulated cards that speak vLLM's OpenAI API")
-    sim.add_argument("--model", required=True)
-    sim.add_argument("--quant", required=True)
-    sim.add_argument("--gpu", required=True)
-    sim.add_argument("--engine", default="vllm")
-    sim.add_argument("--cards", type=positive(int), default=1, help="cards on consecutive ports")
+    sim = sub.add_parser(
+        "sim",
+        help="serve simulated cards that speak vLLM's OpenAI API",
+        description="Serve simulated cards (a continuous-batching engine timed by the planner's "
+        "speed model) on consecutive ports: from a plan file, or from --model/--quant/--gpu.",
+    )
+    sim.add_argument("--plan", type=Path, help="fleet.yaml: the replica it plans, --cards replicas")
+    sim.add_argument("--model")
+    sim.add_argument("--quant")
+    sim.add_argument("--gpu")
+    sim.add_argument("--engine")
+    sim.add_argument(
+        "--cards",
+        type=positive(int),
+        help="cards on consecutive ports (default: the plan's replicas, or 1)",
+    )
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=positive(int), default=8001, help="port of the first card")
-    sim.add_argument("--loading", type=duration, help="answer 503 'Loading model' this long")
-    sim.add_argument("--tokens-per-event", type=positive(int), default=1)
-    sim.add_argument("--max-num-seqs", type=positive(int))
+    sim.add_argument(
+        "--tokens-per-event",
+        type=positive(int),
+        default=1,
+        help="tokens per SSE event after the first, like vLLM's stream interval (timing is exact)",
+    )
+    sim.add_argument("--max-num-seqs", type=positive(int), help="override the batch limit")
+    sim.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="[CARD:]NAME=VALUE",
+        help="inject a fault on one card (or all): loading_s=30s, error_rate=5%%, spike_rate=0.1, "
+        "spike_s=2s, hang, crash_after=20, crash_rate=0.5; also at run time via /admin/faults",
+    )
+    sim.add_argument("--seed", type=int, default=0, help="card i draws its faults from seed + i")
     show = sub.add_parser("show", help="validate a plan file and print its report")
     show.add_argument("plan", type=Path)
     return p
@@ -291,42 +319,80 @@ def cmd_seeds(args: argparse.Namespace, catalog: Catalog) -> int:
 
 
 def cmd_show(args: argparse.Namespace, catalog: Catalog) -> int:
-    try:
-        text = args.plan.read_text(encoding="utf-8")
-    except OSError as e:
-        raise PlanError(f"cannot read {args.plan}: {e.strerror}", field="plan") from None
-    print(render_text(planfile.load(text)), end="")
+    print(render_text(planfile.load(_read(args.plan))), end="")
     return 0
 
 
 def cmd_sim(args: argparse.Namespace, catalog: Catalog) -> int:
     import asyncio
 
-    from gateway.sim.card import card_from_catalog
     from gateway.sim.fleet import serve_cards
     from gateway.sim.server import CardConfig
 
-    card = card_from_catalog(
-        catalog,
-        model=args.model,
-        quant=args.quant,
-        gpu=args.gpu,
-        engine=args.engine,
-        max_num_seqs=args.max_num_seqs,
-    )
-    name = catalog.model(args.model).id
+    name, card, replicas = _sim_card(args, catalog)
+    cards = args.cards or replicas
+    faults = _sim_faults(args.fault, cards=cards)
     configs = [
         CardConfig(
             model_name=name,
             speed=card.speed,
             engine=card.engine,
-            loading_s=args.loading or 0.0,
             tokens_per_event=args.tokens_per_event,
+            faults=faults[i],
+            seed=args.seed + i,
         )
-        for _ in range(args.cards)
+        for i in range(cards)
     ]
     asyncio.run(serve_cards(configs, host=args.host, port=args.port))
     return 0
+
+
+def _sim_card(args: argparse.Namespace, catalog: Catalog) -> tuple[str, Card, int]:
+    """(served model name, card, replicas) from --plan or from --model/--quant/--gpu."""
+    from gateway.sim.card import card_from_catalog, card_from_plan
+
+    named = [f for f in ("model", "quant", "gpu", "engine") if getattr(args, f)]
+    if args.plan:
+        if named:
+            raise PlanError("give either --plan or --model/--quant/--gpu, not both", field=named[0])
+        plan = planfile.load(_read(args.plan))
+        card = card_from_plan(catalog, plan)
+        if args.max_num_seqs:
+            card = replace(card, engine=replace(card.engine, max_num_seqs=args.max_num_seqs))
+        return catalog.model(plan["inputs"]["model"]).id, card, plan["fleet"]["replicas"]
+    for f in ("model", "quant", "gpu"):
+        if not getattr(args, f):
+            raise PlanError(f"--{f} is required without --plan", field=f)
+    card = card_from_catalog(
+        catalog,
+        model=args.model,
+        quant=args.quant,
+        gpu=args.gpu,
+        engine=args.engine or "vllm",
+        max_num_seqs=args.max_num_seqs,
+    )
+    return catalog.model(args.model).id, card, 1
+
+
+def _sim_faults(specs: list[str], *, cards: int) -> list[Faults]:
+    from gateway.sim.faults import FaultError, Faults, parse_fault_flag
+
+    faults = [Faults() for _ in range(cards)]
+    try:
+        for spec in specs:
+            indexes, changes = parse_fault_flag(spec, cards=cards)
+            for i in indexes:
+                faults[i] = faults[i].update(changes)
+    except FaultError as e:
+        raise PlanError(f"{spec}: {e}", field="fault") from None
+    return faults
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise PlanError(f"cannot read {path}: {e.strerror}", field="plan") from None
 
 
 COMMANDS = {

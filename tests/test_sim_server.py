@@ -14,6 +14,7 @@ from aiohttp import web
 
 from gateway.planner.catalog import load_catalog
 from gateway.sim.card import card_from_catalog
+from gateway.sim.faults import Faults
 from gateway.sim.prompt import chat_tokens, text_tokens
 from gateway.sim.server import CardConfig, create_app, engine_key
 
@@ -182,7 +183,7 @@ async def test_sdk_raises_on_bad_request(client: openai.AsyncOpenAI) -> None:
 
 @pytest.mark.asyncio
 async def test_health_is_503_while_loading(config: CardConfig, http: aiohttp.ClientSession) -> None:
-    async for card in _serve(replace(config, loading_s=0.3)):
+    async for card in _serve(replace(config, faults=Faults(loading_s=0.3))):
         async with http.get(card.url + "/health") as resp:
             assert resp.status == 503
             assert (await resp.json())["error"]["message"] == "Loading model"

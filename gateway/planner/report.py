@@ -52,7 +52,10 @@ def engine_settings(plan: Plan) -> dict[str, Any]:
             "tensor_parallel_size": fit.tp,
             "pipeline_parallel_size": fit.pp,
             "max_num_seqs": batch,
-            "max_model_len": ctx,
+            # the longest request vLLM accepts; the KV pool is shared, so allowing long requests
+            # costs no memory (the batch limit is max_num_seqs), while the plan's mean length
+            # would turn every longer-than-average prompt into a 400
+            "max_model_len": min(req.model.max_context, fit.kv_tokens),
             "gpu_memory_utilization": req.engine.gpu_memory_utilization,
             "kv_cache_dtype": req.kv_dtype,
         }

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from gateway.planfile import PlanFileError
 from gateway.planner.capacity import Workload
 from gateway.planner.catalog import Catalog
 from gateway.planner.errors import PlanError
@@ -44,3 +46,65 @@ def card_from_catalog(
         max_model_len=req.model.max_context,
     )
     return Card(speed=plan.speed, engine=config)
+
+
+def card_from_plan(catalog: Catalog, plan: dict[str, Any]) -> Card:
+    """The replica a validated plan file describes: its speed model re-derived from the plan's
+    inputs (and checked against the figures the file records), its engine limits as written."""
+    inputs, fit = plan["inputs"], plan["fit"]
+    if fit["kind"] == "none":
+        raise PlanFileError(f"the plan does not fit: {fit.get('reason')}", field="fit.kind")
+    w = inputs["workload"]
+    workload = Workload(
+        prompt_tokens=w["prompt_tokens"],
+        output_tokens=w["output_tokens"],
+        target_qps=w["target_qps"],
+        ttft_slo_s=w["ttft_slo_s"],
+        tpot_slo_s=w["tpot_slo_s"],
+        headroom=w["headroom"],
+    )
+    try:
+        req = request_for(
+            catalog,
+            model=inputs["model"],
+            quant=inputs["quant"],
+            gpu=inputs["gpu"],
+            engine=inputs["engine"],
+            workload=workload,
+            kv_dtype=inputs.get("kv_dtype", "auto"),
+            mla_cache=inputs.get("mla_cache", "latent"),
+            host_bandwidth_gb_s=inputs.get("cpu_bandwidth_gb_s", 100.0),
+            gpus_per_replica=fit.get("gpus"),
+            gpu_layers=fit.get("gpu_layers"),
+        )
+    except PlanError as e:
+        raise PlanFileError(str(e), field=f"inputs.{e.field}") from None
+    speed = make_plan(req, catalog).speed
+    recorded = (plan.get("speed") or {}).get("decode_tokens_per_s_batch1")
+    if speed is None or not recorded:
+        raise PlanFileError("the plan records no speed", field="speed")
+    derived = speed.decode_tokens_per_s(ctx=workload.mean_decode_context)
+    if abs(derived / recorded - 1) > 0.01:
+        raise PlanFileError(
+            f"the plan records {recorded} tokens/s at batch 1 but this Cardinal derives "
+            f"{derived:.2f} from its inputs; re-run `cardinal plan`",
+            field="speed.decode_tokens_per_s_batch1",
+        )
+    settings = plan.get("engine_settings") or {}
+    seqs = settings.get("max_num_seqs") or settings.get("parallel")
+    kv_tokens = plan["memory"].get("kv_cache_tokens")
+    for field, value in (
+        ("engine_settings.max_num_seqs", seqs),
+        ("memory.kv_cache_tokens", kv_tokens),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise PlanFileError(f"`{field}` must be a positive integer, got {value!r}", field=field)
+    config = EngineConfig(
+        kv_tokens=kv_tokens,
+        max_num_seqs=seqs,
+        max_num_batched_tokens=max(req.engine.max_num_batched_tokens, seqs),
+        max_model_len=settings.get("max_model_len")
+        or settings.get("ctx_size", 0) // seqs  # llama.cpp: each slot gets ctx_size / parallel
+        or req.model.max_context,
+    )
+    return Card(speed=speed, engine=config)

@@ -14,7 +14,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from gateway.sim.engine import Engine, EngineConfig, SequenceTooLong, Speed
-from gateway.sim.errors import ApiError, BadRequest, Loading
+from gateway.sim.errors import ApiError, BadRequest
+from gateway.sim.faults import FaultError, Faults
+from gateway.sim.injector import FaultInjector
+from gateway.sim.lag import LagMonitor
 from gateway.sim.metrics import CardMetrics
 from gateway.sim.protocol import GenRequest, parse
 from gateway.sim.stream import TokenEvents, chunk_text
@@ -25,31 +28,50 @@ class CardConfig:
     model_name: str  # the `model` clients must name, as vLLM's --served-model-name
     speed: Speed
     engine: EngineConfig
-    loading_s: float = 0.0  # /health answers 503 this long after start, like a loading model
     tokens_per_event: int = 1  # tokens per SSE event after the first (timing stays per token)
     default_max_tokens: int = 256  # when the request names none
+    faults: Faults = Faults()  # at start; /admin/faults changes them at run time
+    seed: int = 0  # of the card's random numbers (which requests the faults hit)
 
 
 config_key = web.AppKey("config_key", CardConfig)
 registry_key = web.AppKey("registry_key", CollectorRegistry)
 metrics_key = web.AppKey("metrics_key", CardMetrics)
 engine_key = web.AppKey("engine_key", Engine)
-ready_at_key = web.AppKey("ready_at_key", float)
+injector_key = web.AppKey("injector_key", FaultInjector)
+lag_key = web.AppKey("lag_key", LagMonitor)
 
 
-def create_app(config: CardConfig) -> web.Application:
+def create_app(config: CardConfig, *, lag: LagMonitor | None = None) -> web.Application:
+    """One card. Cards served from one process share that process's `lag` monitor (which the
+    caller runs); a card given none watches its own loop."""
     app = web.Application(middlewares=[error_middleware])
     registry = CollectorRegistry()
     app[config_key] = config
     app[registry_key] = registry
     app[metrics_key] = CardMetrics(registry, model_name=config.model_name)
+    if lag is None:
+        lag = LagMonitor()
+        app.cleanup_ctx.append(lag_ctx)
+    lag.register(registry)
+    app[lag_key] = lag
     app.cleanup_ctx.append(engine_ctx)
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    app.router.add_get("/admin/faults", get_faults)
+    app.router.add_post("/admin/faults", set_faults)
+    app.router.add_delete("/admin/faults", clear_faults)
     return app
+
+
+async def lag_ctx(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[lag_key].run(), name="sim-lag")
+    yield
+    task.cancel()
+    await asyncio.wait([task])
 
 
 async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -57,7 +79,7 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[config_key]
     engine = Engine(config=config.engine, speed=config.speed)
     app[engine_key] = engine
-    app[ready_at_key] = asyncio.get_running_loop().time() + config.loading_s
+    app[injector_key] = injector = FaultInjector(config.faults, seed=config.seed)
     app[metrics_key].watch(
         running=lambda: engine.num_running,
         waiting=lambda: engine.num_waiting,
@@ -65,6 +87,7 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     task = asyncio.create_task(engine.run(), name="sim-engine")
     yield
+    injector.release()
     engine.abort_all()
     task.cancel()
     await asyncio.wait([task])  # waits for the loop to stop without swallowing our own cancel
@@ -80,14 +103,29 @@ async def error_middleware(
         return web.json_response(e.body(), status=e.status)
 
 
-def _check_ready(app: web.Application) -> None:
-    if asyncio.get_running_loop().time() < app[ready_at_key]:
-        raise Loading("Loading model")
-
-
 async def health(request: web.Request) -> web.Response:
-    _check_ready(request.app)
+    await request.app[injector_key].health()
     return web.Response()
+
+
+async def get_faults(request: web.Request) -> web.Response:
+    return web.json_response(request.app[injector_key].faults.as_dict())
+
+
+async def set_faults(request: web.Request) -> web.Response:
+    """Merge the JSON object's faults into the card's (`{"error_rate": 0.2}`)."""
+    changes = await _json(request)
+    if not isinstance(changes, dict):
+        raise BadRequest("the body must be a JSON object of faults")
+    try:
+        faults = request.app[injector_key].update(changes)
+    except FaultError as e:
+        raise BadRequest(str(e), param=e.field) from None
+    return web.json_response(faults.as_dict())
+
+
+async def clear_faults(request: web.Request) -> web.Response:
+    return web.json_response(request.app[injector_key].clear().as_dict())
 
 
 async def models(request: web.Request) -> web.Response:
@@ -114,19 +152,25 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def _generate(request: web.Request, *, kind: str) -> web.StreamResponse:
     app = request.app
-    _check_ready(app)
     config = app[config_key]
     req = parse(await _json(request), kind=kind, served=config.model_name)
+    cut_after = await app[injector_key].generation()
     engine = app[engine_key]
     try:
         seq = engine.submit(prompt_tokens=req.prompt_tokens, max_tokens=_max_tokens(config, req))
     except SequenceTooLong as e:
         raise BadRequest(str(e), param="max_tokens") from None
-    events = TokenEvents(seq, app[metrics_key], per_event=config.tokens_per_event)
+    events = TokenEvents(
+        seq, app[metrics_key], per_event=config.tokens_per_event, stop_after=cut_after
+    )
     try:
         if req.stream:
-            return await _stream(request, req, events)
-        return await _whole(request, req, events)
+            resp = await _stream(request, req, events)
+        else:
+            resp = await _whole(request, req, events)
+        if events.cut:
+            _crash(request)
+        return resp
     finally:
         engine.abort(seq)  # client gone or handler cancelled: free the slot (no-op when done)
 
@@ -145,10 +189,18 @@ def _max_tokens(config: CardConfig, req: GenRequest) -> int:
     return max(1, min(config.default_max_tokens, room))
 
 
+def _crash(request: web.Request) -> None:
+    """Die mid-response as a crashed engine does: the connection is reset, no [DONE]."""
+    if request.transport is not None:
+        request.transport.abort()
+
+
 async def _whole(request: web.Request, req: GenRequest, events: TokenEvents) -> web.Response:
     async for _ in events:
         if request.transport is None or request.transport.is_closing():
             return web.Response(status=499)  # client gone (nginx's code); `finally` aborts
+    if events.cut:
+        return web.Response(status=499)
     text = chunk_text(0, events.generated)
     if req.kind == "chat":
         choice = {"index": 0, "message": {"role": "assistant", "content": text}}
@@ -176,6 +228,8 @@ async def _stream(request: web.Request, req: GenRequest, events: TokenEvents) ->
         part = {"delta": {"content": text}} if chat else {"text": text}
         part["finish_reason"] = events.finish_reason if events.ended_after_this else None
         await _send(resp, _chunk(req, events, obj, part))
+    if events.cut:
+        return resp
     if req.include_usage:
         await _send(resp, {**_envelope(req, events, obj), "choices": [], "usage": events.usage()})
     await resp.write(b"data: [DONE]\n\n")

@@ -18,14 +18,23 @@ def chunk_text(start: int, n: int) -> str:
 class TokenEvents:
     """`async for n in events`: the first token alone (exact TTFT), then `per_event` at a time."""
 
-    def __init__(self, seq: Sequence, metrics: CardMetrics, *, per_event: int = 1) -> None:
+    def __init__(
+        self,
+        seq: Sequence,
+        metrics: CardMetrics,
+        *,
+        per_event: int = 1,
+        stop_after: int | None = None,
+    ) -> None:
         self.seq = seq
+        self.cut = False  # ended early by an injected crash after `stop_after` tokens
         self.created = int(time.time())
         self.generated = 0
         self._metrics = metrics
         self._per_event = max(1, per_event)
         self._last_s = seq.arrival_s
         self._ended = False
+        self._stop_after = stop_after if stop_after is not None else seq.max_tokens
 
     @property
     def ended_after_this(self) -> bool:
@@ -49,6 +58,9 @@ class TokenEvents:
 
     async def __anext__(self) -> int:
         limit = 1 if self.generated == 0 else self._per_event
+        limit = min(limit, self._stop_after - self.generated)
+        if limit <= 0 and not self.ended_after_this:
+            self.cut = True
         n = 0
         while n < limit and not self._ended:
             try:
