@@ -1,0 +1,126 @@
+"""Admission control: a slot on a backend, or a place in one bounded queue with a deadline, or 429.
+
+A freed slot goes straight to the oldest waiter that can use it, so the queue is FIFO and a new
+arrival never overtakes a waiter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Collection, Sequence
+
+from gateway.server.backend import Backend
+from gateway.server.config import AdmissionConfig
+from gateway.server.errors import ModelNotFound, NoBackend, Overloaded
+from gateway.server.metrics import GatewayMetrics
+from gateway.server.policy import Policy, RouteRequest
+
+
+class _Waiter:
+    __slots__ = ("route", "exclude", "future")
+
+    def __init__(self, route: RouteRequest, exclude: Collection[Backend]) -> None:
+        self.route = route
+        self.exclude = exclude
+        self.future: asyncio.Future[Backend] = asyncio.get_running_loop().create_future()
+
+    def can_use(self, b: Backend) -> bool:
+        return b.up and b.serves(self.route.model) and b not in self.exclude
+
+
+class Admission:
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        policy: Policy,
+        config: AdmissionConfig,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.backends = backends
+        self.policy = policy
+        self.config = config
+        self.metrics = metrics
+        self.queue: deque[_Waiter] = deque()
+        self._by_model: dict[str, list[Backend]] = {}
+        for b in backends:
+            for m in b.config.models:
+                self._by_model.setdefault(m, []).append(b)
+
+    def models(self) -> list[str]:
+        return sorted(self._by_model)
+
+    async def acquire(
+        self, route: RouteRequest, *, exclude: Collection[Backend] = ()
+    ) -> tuple[Backend, float]:
+        """A backend with a slot taken for this request, and the seconds spent waiting."""
+        serving = self._by_model.get(route.model)
+        if serving is None:
+            raise ModelNotFound(f"The model `{route.model}` does not exist.", param="model")
+        up = [b for b in serving if b.up and b not in exclude]
+        if not up:
+            self._reject("no_backend")
+            raise NoBackend(f"no healthy backend serves `{route.model}` right now")
+        free = [b for b in up if b.inflight < b.max_inflight]
+        if free:
+            b = self.policy.choose(free, route)
+            b.inflight += 1
+            return b, 0.0
+        return await self._wait(route, exclude)
+
+    async def _wait(
+        self, route: RouteRequest, exclude: Collection[Backend]
+    ) -> tuple[Backend, float]:
+        if len(self.queue) >= self.config.queue_size:
+            self._reject("queue_full")
+            raise Overloaded(
+                f"all backends for `{route.model}` are busy and the queue is full "
+                f"({self.config.queue_size} waiting)",
+                retry_after_s=self.config.retry_after_s,
+            )
+        waiter = _Waiter(route, exclude)
+        self.queue.append(waiter)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        try:
+            async with asyncio.timeout(self.config.queue_timeout_s):
+                backend = await waiter.future
+        except TimeoutError:
+            self._give_up(waiter)
+            self._reject("queue_timeout")
+            raise Overloaded(
+                f"no slot for `{route.model}` within {self.config.queue_timeout_s:g} s",
+                retry_after_s=self.config.retry_after_s,
+            ) from None
+        except BaseException:
+            self._give_up(waiter)  # the client went away while waiting
+            raise
+        return backend, loop.time() - t0
+
+    def release(self, b: Backend) -> None:
+        """Free `b`'s slot, or hand it to the oldest waiter that can use it."""
+        b.inflight -= 1
+        self.wake(b)
+
+    def wake(self, b: Backend) -> None:
+        """Give `b`'s free slots to waiters (after a release, or when `b` is re-admitted)."""
+        if not self.queue:
+            return
+        for waiter in list(self.queue):
+            if b.inflight >= b.max_inflight:
+                return
+            if waiter.can_use(b) and not waiter.future.done():
+                self.queue.remove(waiter)
+                b.inflight += 1
+                waiter.future.set_result(b)
+
+    def _give_up(self, waiter: _Waiter) -> None:
+        # A slot handed over in the same tick as the timeout or cancel must not leak.
+        fut = waiter.future
+        if fut.done() and not fut.cancelled():
+            self.release(fut.result())
+        elif waiter in self.queue:
+            self.queue.remove(waiter)
+
+    def _reject(self, reason: str) -> None:
+        self.metrics.child(self.metrics.rejected, reason).inc()

@@ -1,0 +1,88 @@
+"""A backend's live state: health, in-flight count and the load its engine last reported."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.server.config import BackendConfig
+
+UP, WARMING, DOWN = "up", "warming", "down"
+
+
+@dataclass(kw_only=True)
+class EngineLoad:
+    """What the backend's own /metrics said at the last scrape (None: not scraped / not exposed)."""
+
+    running: float | None = None
+    waiting: float | None = None
+    kv_usage: float | None = None  # 0..1
+    tokens_per_s: float | None = None  # from the generation-token counter's rate
+    at_s: float = 0.0
+
+
+class Backend:
+    """One upstream server. Mutated only on the event loop; policies read it."""
+
+    def __init__(self, config: BackendConfig, *, index: int) -> None:
+        self.config = config
+        self.index = index  # position in the config, for stable ordering
+        self.name = config.name
+        self.url = config.url
+        self.weight = config.weight
+        self.max_inflight = config.max_inflight
+        self.state = UP  # optimistic until the first probe or call says otherwise
+        self.inflight = 0
+        self.served = 0  # requests sent here, for /admin and tests
+        self.failures = 0  # consecutive; drives the probe backoff
+        self.last_error: str | None = None
+        self.next_probe_s = 0.0
+        self.load = EngineLoad()
+
+    @property
+    def up(self) -> bool:
+        return self.state == UP
+
+    @property
+    def has_room(self) -> bool:
+        return self.inflight < self.max_inflight
+
+    def serves(self, model: str) -> bool:
+        return model in self.config.models
+
+    def eject(self, error: str, *, now: float, base_s: float, max_s: float) -> None:
+        """A call or probe failed: out of rotation until a probe succeeds, backing off."""
+        self.state = DOWN
+        self.last_error = error
+        self.failures += 1
+        self.next_probe_s = now + min(max_s, base_s * 2 ** (self.failures - 1))
+
+    def warming(self, message: str, *, now: float, base_s: float) -> None:
+        """The backend answered 503 while loading: not dead, probe again at the base interval."""
+        self.state = WARMING
+        self.last_error = message
+        self.next_probe_s = now + base_s
+
+    def admit(self) -> None:
+        self.state = UP
+        self.failures = 0
+
+    def describe(self) -> dict[str, object]:
+        load = self.load
+        return {
+            "name": self.name,
+            "url": self.url,
+            "models": list(self.config.models),
+            "state": self.state,
+            "inflight": self.inflight,
+            "max_inflight": self.max_inflight,
+            "weight": self.weight,
+            "served": self.served,
+            "consecutive_failures": self.failures,
+            "last_error": self.last_error,
+            "engine": {
+                "running": load.running,
+                "waiting": load.waiting,
+                "kv_usage": load.kv_usage,
+                "tokens_per_s": load.tokens_per_s,
+            },
+        }

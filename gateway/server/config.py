@@ -1,0 +1,265 @@
+"""`gateway.yaml`: parsed once at the edge into frozen dataclasses; errors name the dotted field."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+POLICIES = ("round_robin", "least_outstanding", "engine_aware", "affinity")
+
+
+class ConfigError(ValueError):
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackendConfig:
+    name: str
+    url: str  # scheme://host:port, no trailing slash
+    models: tuple[str, ...]
+    max_inflight: int = 64
+    weight: float = 1.0  # relative capacity: a card twice as fast gets 2
+    api_key: str | None = None  # resolved from `api_key_env` by the CLI
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoutingConfig:
+    policy: str = "least_outstanding"
+    affinity_header: str = "x-session-id"  # affinity: this header, else `user`, else prefix
+    prefix_chars: int = 256  # affinity falls back to hashing this much of the prompt
+    load_factor: float = 1.25  # affinity: no backend above this times the mean load
+    scrape_interval_s: float = 0.5  # engine_aware: how often backends' /metrics are read
+
+
+@dataclass(frozen=True, kw_only=True)
+class HealthConfig:
+    path: str = "/health"
+    interval_s: float = 1.0  # first re-probe of an ejected backend; doubles per failure
+    max_backoff_s: float = 30.0
+    timeout_s: float = 2.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdmissionConfig:
+    queue_size: int = 256  # requests waiting for a free slot, all backends together
+    queue_timeout_s: float = 5.0  # longest wait for a slot before 429
+    retry_after_s: int = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class TimeoutConfig:
+    connect_s: float = 3.0
+    read_s: float = 600.0  # between two reads: a long prefill under load is silent this long
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    backends: tuple[BackendConfig, ...]
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    timeouts: TimeoutConfig = field(default_factory=TimeoutConfig)
+    max_attempts: int = 3  # backends tried per request, first included
+    max_body_bytes: int = 8 * 1024 * 1024
+    admin_key: str | None = None  # resolved from `admin.key_env`; None: /admin is closed
+
+
+def load(text: str, *, env: Mapping[str, str]) -> GatewayConfig:
+    """Parse `gateway.yaml` text; `env` resolves the `*_env` fields (the CLI passes os.environ)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"not valid YAML: {e}", field="(file)") from None
+    return parse(data, env=env)
+
+
+def parse(data: Any, *, env: Mapping[str, str]) -> GatewayConfig:
+    top = _Section(data, "")
+    host, port = _listen(top.get("listen", str, "127.0.0.1:8080"))
+    backends = top.get("backends", list, None, required=True)
+    if not backends:
+        raise ConfigError("`backends` must list at least one backend", field="backends")
+    parsed = tuple(_backend(b, f"backends[{i}]", env) for i, b in enumerate(backends))
+    _unique([b.name for b in parsed], "name")
+    admin = _Section(top.get("admin", dict, {}), "admin")
+    config = GatewayConfig(
+        host=host,
+        port=port,
+        backends=parsed,
+        routing=_routing(top.raw.get("routing", "least_outstanding")),
+        health=_health(_Section(top.get("health", dict, {}), "health")),
+        admission=_admission(_Section(top.get("admission", dict, {}), "admission")),
+        timeouts=_timeouts(_Section(top.get("timeouts", dict, {}), "timeouts")),
+        max_attempts=top.positive("max_attempts", int, 3),
+        max_body_bytes=top.positive("max_body_bytes", int, 8 * 1024 * 1024),
+        admin_key=_secret(admin, "key_env", env),
+    )
+    admin.done()
+    top.done()
+    return config
+
+
+def from_plan(plan: Mapping[str, Any], *, urls: Sequence[str], listen: str) -> GatewayConfig:
+    """A gateway over a plan file's replicas (`plan` as `planfile.load` returns it)."""
+    model = plan["inputs"]["model"]
+    batch = plan.get("engine_settings", {}).get("max_num_seqs") or plan["replica"]["max_batch"]
+    data = {
+        "listen": listen,
+        "backends": [
+            {"name": f"card-{i}", "url": url, "model": model, "max_inflight": batch or 64}
+            for i, url in enumerate(urls)
+        ],
+    }
+    return parse(data, env={})
+
+
+class _Section:
+    """A mapping being read: typed getters that name the dotted field; `done` rejects the rest."""
+
+    def __init__(self, raw: Any, path: str) -> None:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"`{path or '(top level)'}` must be a mapping", field=path or "(top)")
+        self.raw = raw
+        self.path = path
+        self.seen: set[str] = set()
+
+    def name(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def get(self, key: str, kind: type, default: Any, *, required: bool = False) -> Any:
+        self.seen.add(key)
+        if key not in self.raw or self.raw[key] is None:
+            if required:
+                raise ConfigError(f"`{self.name(key)}` is required", field=self.name(key))
+            return default
+        value = self.raw[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+            raise ConfigError(
+                f"`{self.name(key)}` must be {kind.__name__}, got {value!r}", field=self.name(key)
+            )
+        return value
+
+    def positive(self, key: str, kind: type, default: Any) -> Any:
+        value = self.get(key, kind, default)
+        if not value > 0:
+            raise ConfigError(
+                f"`{self.name(key)}` must be > 0, got {value!r}", field=self.name(key)
+            )
+        return value
+
+    def done(self) -> None:
+        extra = sorted(set(self.raw) - self.seen)
+        if extra:
+            raise ConfigError(f"unknown field `{self.name(extra[0])}`", field=self.name(extra[0]))
+
+
+def _listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"`listen` must be host:port, got {text!r}", field="listen")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _backend(raw: Any, path: str, env: Mapping[str, str]) -> BackendConfig:
+    s = _Section(raw, path)
+    url = s.get("url", str, None, required=True).rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(
+            f"`{path}.url` must be http(s)://host:port, got {url!r}", field=path + ".url"
+        )
+    model = s.get("model", str, None)
+    models = tuple(s.get("models", list, [model] if model else []))
+    if not models or not all(isinstance(m, str) and m for m in models):
+        raise ConfigError(f"`{path}.model` (or `models`) is required", field=path + ".model")
+    backend = BackendConfig(
+        name=s.get("name", str, parts.netloc),
+        url=url,
+        models=models,
+        max_inflight=s.positive("max_inflight", int, 64),
+        weight=s.positive("weight", float, 1.0),
+        api_key=_secret(s, "api_key_env", env),
+    )
+    s.done()
+    return backend
+
+
+def _secret(s: _Section, key: str, env: Mapping[str, str]) -> str | None:
+    var = s.get(key, str, None)
+    if var is None:
+        return None
+    if not env.get(var):
+        raise ConfigError(
+            f"`{s.name(key)}`: environment variable {var} is not set", field=s.name(key)
+        )
+    return env[var]
+
+
+def _routing(raw: Any) -> RoutingConfig:
+    s = _Section({"policy": raw} if isinstance(raw, str) else raw, "routing")
+    field_name = "routing" if isinstance(raw, str) else "routing.policy"
+    policy = s.get("policy", str, "least_outstanding")
+    if policy not in POLICIES:
+        raise ConfigError(
+            f"`{field_name}` must be one of {', '.join(POLICIES)}, got {policy!r}", field=field_name
+        )
+    config = RoutingConfig(
+        policy=policy,
+        affinity_header=s.get("affinity_header", str, "x-session-id").lower(),
+        prefix_chars=s.positive("prefix_chars", int, 256),
+        load_factor=s.positive("load_factor", float, 1.25),
+        scrape_interval_s=s.positive("scrape_interval_s", float, 0.5),
+    )
+    if config.load_factor < 1:
+        raise ConfigError("`routing.load_factor` must be >= 1", field="routing.load_factor")
+    s.done()
+    return config
+
+
+def _health(s: _Section) -> HealthConfig:
+    config = HealthConfig(
+        path=s.get("path", str, "/health"),
+        interval_s=s.positive("interval_s", float, 1.0),
+        max_backoff_s=s.positive("max_backoff_s", float, 30.0),
+        timeout_s=s.positive("timeout_s", float, 2.0),
+    )
+    s.done()
+    return config
+
+
+def _admission(s: _Section) -> AdmissionConfig:
+    queue_size = s.get("queue_size", int, 256)
+    if queue_size < 0:
+        raise ConfigError("`admission.queue_size` must be >= 0", field="admission.queue_size")
+    config = AdmissionConfig(
+        queue_size=queue_size,
+        queue_timeout_s=s.positive("queue_timeout_s", float, 5.0),
+        retry_after_s=s.positive("retry_after_s", int, 1),
+    )
+    s.done()
+    return config
+
+
+def _timeouts(s: _Section) -> TimeoutConfig:
+    config = TimeoutConfig(
+        connect_s=s.positive("connect_s", float, 3.0),
+        read_s=s.positive("read_s", float, 600.0),
+    )
+    s.done()
+    return config
+
+
+def _unique(names: list[str], key: str) -> None:
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"backend name {name!r} is used twice", field=f"backends[{i}].{key}")

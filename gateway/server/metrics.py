@@ -1,0 +1,87 @@
+"""The gateway's Prometheus series (names in DESIGN.md), on an injected registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from gateway.server.backend import Backend
+
+# LLM latencies span milliseconds (a cached short prompt) to minutes (a long answer under load).
+TTFT_BUCKETS = (
+    0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 30.0,
+    60.0,
+)  # fmt: skip
+ITL_BUCKETS = (
+    0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5,
+    1.0, 2.5,
+)  # fmt: skip
+E2E_BUCKETS = (
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0,
+    300.0, 600.0,
+)  # fmt: skip
+QUEUE_BUCKETS = (
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+OVERHEAD_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+)  # fmt: skip
+
+
+class GatewayMetrics:
+    """Every `gateway_*` series. Labelled children are cached: a request touches a handful."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = {"registry": registry}
+        self.requests = Counter(
+            "gateway_requests", "Requests answered.", ("model", "backend", "code"), **r
+        )
+        self.duration = Histogram(
+            "gateway_request_duration_seconds", "End-to-end latency seen by the gateway.",
+            ("model",), buckets=E2E_BUCKETS, **r,
+        )  # fmt: skip
+        self.ttft = Histogram(
+            "gateway_time_to_first_token_seconds", "Time to the first streamed token.",
+            ("model",), buckets=TTFT_BUCKETS, **r,
+        )  # fmt: skip
+        self.itl = Histogram(
+            "gateway_inter_token_latency_seconds", "Time between streamed tokens.",
+            ("model",), buckets=ITL_BUCKETS, **r,
+        )  # fmt: skip
+        self.tokens = Counter("gateway_tokens", "Tokens served.", ("model", "kind"), **r)
+        self.inflight = Gauge("gateway_inflight_requests", "Requests in flight.", ("backend",), **r)
+        self.queue_depth = Gauge("gateway_queue_depth", "Requests waiting for a slot.", **r)
+        self.queue_wait = Histogram(
+            "gateway_queue_wait_seconds", "Time waiting for a slot.", buckets=QUEUE_BUCKETS, **r
+        )
+        self.backend_up = Gauge("gateway_backend_up", "1 if in rotation.", ("backend",), **r)
+        self.retries = Counter(
+            "gateway_retries", "Attempts moved to another backend.", ("backend", "reason"), **r
+        )
+        self.rejected = Counter(
+            "gateway_rejected_requests", "Requests refused by admission.", ("reason",), **r
+        )
+        self.stream_errors = Counter(
+            "gateway_stream_errors", "Streams cut after the first byte.", ("backend",), **r
+        )
+        self.overhead = Histogram(
+            "gateway_overhead_seconds", "Gateway time per request, queue and upstream excluded.",
+            buckets=OVERHEAD_BUCKETS, **r,
+        )  # fmt: skip
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def watch(self, backends: Sequence[Backend], *, queue_depth: Callable[[], float]) -> None:
+        """Gauges read live state at scrape time, so requests never pay for them."""
+        for b in backends:
+            self.inflight.labels(b.name).set_function(lambda b=b: b.inflight)
+            self.backend_up.labels(b.name).set_function(lambda b=b: 1.0 if b.up else 0.0)
+        self.queue_depth.set_function(queue_depth)
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*labels)
+        return c

@@ -1,0 +1,240 @@
+"""Forwarding one request: admission, attempts on other backends until a byte reaches the client,
+streaming relayed chunk by chunk, and the request's metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from gateway.server.admission import Admission
+from gateway.server.backend import Backend
+from gateway.server.config import GatewayConfig
+from gateway.server.errors import NoBackend, UpstreamFailed, UpstreamTimeout
+from gateway.server.metrics import GatewayMetrics
+from gateway.server.policy import RouteRequest
+from gateway.server.sse import StreamMeter, usage
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # tells nginx (and kin) in front of us not to buffer either
+}
+# Upstream statuses worth another backend: the request never ran there.
+RETRY_STATUS = {429: "busy", 502: "bad_gateway", 503: "unavailable", 504: "timeout"}
+UPSTREAM_ERRORS = (aiohttp.ClientError, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Call:
+    """One client request as the proxy needs it."""
+
+    path: str
+    body: bytes
+    route: RouteRequest
+    stream: bool
+    request_id: str
+    start_s: float
+
+
+class _Retry(Exception):
+    """This attempt failed before any byte reached the client."""
+
+    def __init__(self, reason: str, message: str, *, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.timeout = timeout
+
+
+class Proxy:
+    def __init__(
+        self,
+        *,
+        config: GatewayConfig,
+        session: aiohttp.ClientSession,
+        admission: Admission,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.config = config
+        self.session = session
+        self.admission = admission
+        self.metrics = metrics
+        self._loop = asyncio.get_running_loop()
+
+    async def forward(self, request: web.Request, call: Call) -> web.StreamResponse:
+        tried: list[Backend] = []
+        last: _Retry | None = None
+        for _ in range(self.config.max_attempts):
+            try:
+                backend, waited = await self.admission.acquire(call.route, exclude=tried)
+            except NoBackend:
+                if last is None:
+                    raise
+                break  # every backend serving the model has been tried or is out
+            tried.append(backend)
+            try:
+                return await self._attempt(request, call, backend, waited)
+            except _Retry as e:
+                last = e
+                self.metrics.child(self.metrics.retries, backend.name, e.reason).inc()
+            finally:
+                self.admission.release(backend)
+        assert last is not None
+        error = UpstreamTimeout if last.timeout else UpstreamFailed
+        raise error(f"no backend answered ({len(tried)} tried); last error: {last}")
+
+    async def _attempt(
+        self, request: web.Request, call: Call, backend: Backend, waited: float
+    ) -> web.StreamResponse:
+        backend.served += 1
+        sent_s = self._loop.time()
+        self.metrics.overhead.observe(max(0.0, sent_s - call.start_s - waited))
+        self.metrics.queue_wait.observe(waited)
+        headers = {"Content-Type": "application/json", "X-Request-Id": call.request_id}
+        if backend.config.api_key:
+            headers["Authorization"] = f"Bearer {backend.config.api_key}"
+        try:
+            up = await self.session.post(backend.url + call.path, data=call.body, headers=headers)
+        except UPSTREAM_ERRORS as e:
+            raise self._failed(backend, e) from None
+        try:
+            if up.status in RETRY_STATUS:
+                raise await self._refused(backend, up)
+            if call.stream and up.status == 200:
+                return await self._relay(request, call, backend, up)
+            return await self._whole(call, backend, up)
+        except asyncio.CancelledError:
+            self._finish(call, backend, "499", self._loop.time())  # the client went away
+            raise
+        finally:
+            up.close()  # a no-op after a full read; otherwise frees the backend's slot at once
+
+    async def _whole(
+        self, call: Call, backend: Backend, up: aiohttp.ClientResponse
+    ) -> web.Response:
+        try:
+            payload = await up.read()
+        except UPSTREAM_ERRORS as e:
+            raise self._failed(backend, e) from None
+        now = self._loop.time()
+        if up.status == 200:
+            self._count_tokens(call.route.model, usage(payload[-512:]))
+        self._finish(call, backend, str(up.status), now)
+        ctype = up.headers.get("Content-Type", "application/json")
+        return web.Response(body=payload, status=up.status, headers={"Content-Type": ctype})
+
+    async def _relay(
+        self, request: web.Request, call: Call, backend: Backend, up: aiohttp.ClientResponse
+    ) -> web.StreamResponse:
+        model = call.route.model
+        m = self.metrics
+        meter = StreamMeter(
+            start_s=call.start_s,
+            ttft=m.child(m.ttft, model).observe,
+            itl=m.child(m.itl, model).observe,
+        )
+        resp: web.StreamResponse | None = None
+        content, loop = up.content, self._loop
+        while True:
+            try:
+                chunk = await content.readany()
+            except UPSTREAM_ERRORS as e:
+                if resp is None:
+                    raise self._failed(backend, e) from None
+                await self._cut(call, backend, resp, e, meter)
+                return resp
+            if not chunk:
+                break
+            if resp is None:
+                # Headers go out with the first chunk, so a backend that fails before it can
+                # still be retried elsewhere.
+                resp = web.StreamResponse(headers={**SSE_HEADERS, "x-request-id": call.request_id})
+                await resp.prepare(request)
+            meter.feed(chunk, loop.time())
+            try:
+                await resp.write(chunk)
+            except ConnectionResetError:
+                self._finish(call, backend, "499", loop.time(), meter)  # nginx's "client closed"
+                return resp
+        if resp is None:
+            resp = web.StreamResponse(headers={**SSE_HEADERS, "x-request-id": call.request_id})
+            await resp.prepare(request)
+        await resp.write_eof()
+        self._finish(call, backend, "200", loop.time(), meter)
+        return resp
+
+    async def _cut(
+        self,
+        call: Call,
+        backend: Backend,
+        resp: web.StreamResponse,
+        error: BaseException,
+        meter: StreamMeter,
+    ) -> None:
+        """The backend died mid-stream: tell the client in-band, as OpenAI does, and end."""
+        self._eject(backend, error)
+        self.metrics.child(self.metrics.stream_errors, backend.name).inc()
+        body = UpstreamFailed(
+            f"backend {backend.name} failed mid-stream: {_describe(error)}"
+        ).body()
+        try:
+            await resp.write(b"data: " + json.dumps(body).encode() + b"\n\n")
+            await resp.write_eof()
+        except ConnectionResetError:
+            pass  # the client left too; nothing to tell
+        self._finish(call, backend, "502", self._loop.time(), meter)
+
+    async def _refused(self, backend: Backend, up: aiohttp.ClientResponse) -> _Retry:
+        text = (await up.read())[:200].decode(errors="replace")
+        now = self._loop.time()
+        h = self.config.health
+        if up.status == 503:
+            backend.warming(f"503: {text}", now=now, base_s=h.interval_s)
+        elif up.status != 429:
+            backend.eject(
+                f"{up.status}: {text}", now=now, base_s=h.interval_s, max_s=h.max_backoff_s
+            )
+        return _Retry(RETRY_STATUS[up.status], f"{backend.name} answered {up.status}: {text}")
+
+    def _failed(self, backend: Backend, error: BaseException) -> _Retry:
+        self._eject(backend, error)
+        timeout = isinstance(error, TimeoutError)
+        reason = "timeout" if timeout else "connect" if _is_connect(error) else "disconnect"
+        return _Retry(reason, f"{backend.name}: {_describe(error)}", timeout=timeout)
+
+    def _eject(self, backend: Backend, error: BaseException) -> None:
+        h = self.config.health
+        backend.eject(
+            _describe(error), now=self._loop.time(), base_s=h.interval_s, max_s=h.max_backoff_s
+        )
+
+    def _finish(
+        self,
+        call: Call,
+        backend: Backend,
+        code: str,
+        now: float,
+        meter: StreamMeter | None = None,
+    ) -> None:
+        m, model = self.metrics, call.route.model
+        m.child(m.requests, model, backend.name, code).inc()
+        m.child(m.duration, model).observe(now - call.start_s)
+        if meter is not None:
+            self._count_tokens(model, {"completion_tokens": meter.tokens, **meter.usage})
+
+    def _count_tokens(self, model: str, counts: dict[str, int]) -> None:
+        m = self.metrics
+        for kind, key in (("prompt", "prompt_tokens"), ("completion", "completion_tokens")):
+            if counts.get(key):
+                m.child(m.tokens, model, kind).inc(counts[key])
+
+
+def _is_connect(error: BaseException) -> bool:
+    return isinstance(error, aiohttp.ClientConnectorError)
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

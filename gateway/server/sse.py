@@ -1,0 +1,99 @@
+"""Token timing read off an SSE stream as it passes, without slowing it down.
+
+Until the first token, events are parsed (a chat stream opens with a role-only event that is not a
+token). After it, each `data:` event counts as one token and is timed on arrival; that is exact for
+vLLM and llama.cpp, which send one token per event, and the `usage` block, when the client asked for
+it, replaces the count at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+
+USAGE_RE = re.compile(rb'"(prompt_tokens|completion_tokens)"\s*:\s*(\d+)')
+
+
+def usage(body: bytes) -> dict[str, int]:
+    """`prompt_tokens` and `completion_tokens` from a response body or SSE chunk, if present."""
+    return {m.group(1).decode(): int(m.group(2)) for m in USAGE_RE.finditer(body)}
+
+
+class StreamMeter:
+    """Feed it every chunk with its arrival time; it reports TTFT and inter-token latencies."""
+
+    __slots__ = ("start_s", "first_s", "last_s", "events", "usage", "_head", "_ttft", "_itl")
+
+    def __init__(
+        self, *, start_s: float, ttft: Callable[[float], None], itl: Callable[[float], None]
+    ) -> None:
+        self.start_s = start_s
+        self.first_s: float | None = None
+        self.last_s = start_s
+        self.events = 0  # token events after the first token, the first included
+        self.usage: dict[str, int] = {}
+        self._head = b""  # bytes not yet parsed, only until the first token
+        self._ttft = ttft
+        self._itl = itl
+
+    @property
+    def tokens(self) -> int:
+        return self.usage.get("completion_tokens", self.events)
+
+    def feed(self, chunk: bytes, now: float) -> None:
+        if self.first_s is None:
+            self._before_first(chunk, now)
+            return
+        n = chunk.count(b"data:")
+        if b"[DONE]" in chunk:
+            n -= 1
+        if b'"usage"' in chunk:
+            self._read_usage(chunk)
+            n -= 1
+        if n > 0:
+            # Events that arrive in one read share the gap since the previous read.
+            gap = (now - self.last_s) / n
+            for _ in range(n):
+                self._itl(gap)
+            self.events += n
+            self.last_s = now
+
+    def _before_first(self, chunk: bytes, now: float) -> None:
+        self._head += chunk
+        *events, self._head = self._head.split(b"\n\n")
+        for i, event in enumerate(events):
+            if self.first_s is None:
+                if _is_token(event):
+                    self.first_s = self.last_s = now
+                    self.events = 1
+                    self._ttft(now - self.start_s)
+            else:  # events after the first token in this same read
+                rest = b"\n\n".join(events[i:]) + b"\n\n" + self._head
+                self._head = b""
+                self.feed(rest, now)
+                return
+        if self.first_s is not None:
+            self._head = b""
+
+    def _read_usage(self, chunk: bytes) -> None:
+        self.usage.update(usage(chunk))
+
+
+def _is_token(event: bytes) -> bool:
+    data = event.partition(b"data:")[2].strip()
+    if not data or data == b"[DONE]":
+        return False
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return False
+    choices = body.get("choices") if isinstance(body, dict) else None
+    if not choices or not isinstance(choices[0], dict):
+        return False
+    c = choices[0]
+    delta = c.get("delta") or {}
+    return bool(
+        c.get("text") or delta.get("content") or delta.get("reasoning_content")
+        or delta.get("tool_calls") or delta.get("reasoning")
+    )  # fmt: skip
