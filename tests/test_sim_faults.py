@@ -184,7 +184,7 @@ async def test_lag_monitor_warns_and_exports_a_blocked_loop(
     config: CardConfig, http: aiohttp.ClientSession
 ) -> None:
     warnings: list[str] = []
-    lag = LagMonitor(interval_s=0.005, warn_s=0.02, warn_every_s=0, warn=warnings.append)
+    lag = LagMonitor(interval_s=0.005, warn_s=0.02, window_s=0.03, warn=warnings.append)
     app = create_app(config, lag=lag)
     runner = web.AppRunner(app)
     await runner.setup()
