@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -45,7 +45,7 @@ def card_config(*, gpu: str = "h100-sxm", max_num_seqs: int | None = None, **kw:
 
 
 async def serve(app: web.Application, *, port: int = 0) -> Served:
-    runner = await start(app, host="127.0.0.1", port=port)
+    runner = await start(app, host="127.0.0.1", port=port, shutdown_timeout=0.2)
     host, port = runner.addresses[0][:2]
     return Served(url=f"http://{host}:{port}", app=app, runner=runner)
 
@@ -93,8 +93,6 @@ async def fleet(
 ) -> AsyncIterator[Fleet]:
     served = [await start_card(c) for c in cards]
     cfg = config or gateway_config([s.url for s in served], **top)
-    if config is not None and not config.backends:
-        cfg = replace(config)
     registry = CollectorRegistry()
     gw = await serve(create_gateway(cfg, registry=registry))
     try:
@@ -103,3 +101,12 @@ async def fleet(
         await gw.stop()
         for s in served:
             await s.stop()
+
+
+async def fake_upstream(**routes: Any) -> Served:
+    """A plain aiohttp server: `post_v1_embeddings=handler` serves POST /v1/embeddings."""
+    app = web.Application()
+    for name, handler in routes.items():
+        method, _, path = name.partition("_")
+        app.router.add_route(method.upper(), "/" + path.replace("_", "/"), handler)
+    return await serve(app)

@@ -94,7 +94,7 @@ def parse(data: Any, *, env: Mapping[str, str]) -> GatewayConfig:
         host=host,
         port=port,
         backends=parsed,
-        routing=_routing(top.raw.get("routing", "least_outstanding")),
+        routing=_routing(top.get("routing", (str, dict), "least_outstanding")),
         health=_health(_Section(top.get("health", dict, {}), "health")),
         admission=_admission(_Section(top.get("admission", dict, {}), "admission")),
         timeouts=_timeouts(_Section(top.get("timeouts", dict, {}), "timeouts")),
@@ -134,7 +134,9 @@ class _Section:
     def name(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
 
-    def get(self, key: str, kind: type, default: Any, *, required: bool = False) -> Any:
+    def get(
+        self, key: str, kind: type | tuple[type, ...], default: Any, *, required: bool = False
+    ) -> Any:
         self.seen.add(key)
         if key not in self.raw or self.raw[key] is None:
             if required:
@@ -144,8 +146,10 @@ class _Section:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            want = " or ".join("mapping" if k is dict else k.__name__ for k in kinds)
             raise ConfigError(
-                f"`{self.name(key)}` must be {kind.__name__}, got {value!r}", field=self.name(key)
+                f"`{self.name(key)}` must be {want}, got {value!r}", field=self.name(key)
             )
         return value
 

@@ -1,5 +1,10 @@
 """Active health: probe ejected and warming backends (with backoff) and re-admit them; recheck the
-healthy ones now and then, so an idle gateway notices a dead backend before a client does."""
+healthy ones now and then, so an idle gateway notices a dead backend before a client does.
+
+Any answer below 500 means the server is up: an OpenAI-compatible server without the health path
+answers 404, one behind auth 401, and both would serve a request. 503 means loading (llama.cpp's
+"Loading model", vLLM while starting): warming, not dead.
+"""
 
 from __future__ import annotations
 
@@ -56,7 +61,7 @@ class Prober:
         task.add_done_callback(self._tasks.discard)
 
     async def probe(self, b: Backend) -> None:
-        """One probe: 200 admits, 503 means warming, anything else ejects with backoff."""
+        """One probe: below 500 admits, 503 means warming, anything else ejects with backoff."""
         loop = asyncio.get_running_loop()
         cfg = self.config
         try:
@@ -67,7 +72,7 @@ class Prober:
         finally:
             self._probing.discard(b)
         now = loop.time()
-        if status == 200:
+        if 200 <= status < 500:
             was_up = b.up
             b.admit()
             b.next_probe_s = now + cfg.interval_s * RECHECK_INTERVALS

@@ -17,12 +17,21 @@ from gateway.server.app import create_app
 from gateway.server.config import GatewayConfig
 
 
-async def start(app: web.Application, *, sock: socket.socket | None = None, host: str = "127.0.0.1",
-                port: int = 0, reuse_port: bool = False) -> web.AppRunner:  # fmt: skip
+async def start(
+    app: web.Application,
+    *,
+    sock: socket.socket | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    reuse_port: bool = False,
+    shutdown_timeout: float = 10.0,
+) -> web.AppRunner:
     """Serve `app` on `sock`, or on host:port; the caller cleans the runner up."""
     # handler_cancellation: a client that disconnects cancels its handler, which closes the
     # upstream connection, which frees the engine's slot.
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    runner = web.AppRunner(
+        app, access_log=None, handler_cancellation=True, shutdown_timeout=shutdown_timeout
+    )
     await runner.setup()
     site: web.BaseSite
     if sock is not None:
