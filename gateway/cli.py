@@ -139,9 +139,31 @@ def build_parser() -> argparse.ArgumentParser:
         "spike_s=2s, hang, crash_after=20, crash_rate=0.5; also at run time via /admin/faults",
     )
     sim.add_argument("--seed", type=int, default=0, help="card i draws its faults from seed + i")
+    add_serve_parser(sub)
     show = sub.add_parser("show", help="validate a plan file and print its report")
     show.add_argument("plan", type=Path)
     return p
+
+
+def add_serve_parser(sub: Any) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="the gateway: OpenAI-compatible load balancing over the cards, with metrics",
+        description="Serve the gateway from gateway.yaml (--config), or over a plan's replicas "
+        "(--plan with --backends or --base-port). Runs until SIGINT or SIGTERM.",
+    )
+    src = serve.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", type=Path, help="gateway.yaml")
+    src.add_argument("--plan", type=Path, help="fleet.yaml: one backend per URL or replica")
+    where = serve.add_mutually_exclusive_group()
+    where.add_argument("--backends", nargs="+", metavar="URL", help="the plan's replicas")
+    where.add_argument(
+        "--base-port", type=positive(int), help="replica i at http://127.0.0.1:PORT+i"
+    )
+    serve.add_argument("--listen", help="host:port (default: the config's, or 127.0.0.1:8080)")
+    serve.add_argument(
+        "--workers", type=positive(int), default=1, help="processes sharing the port (SO_REUSEPORT)"
+    )
 
 
 def add_plan_arguments(p: argparse.ArgumentParser) -> None:
@@ -347,6 +369,50 @@ def cmd_sim(args: argparse.Namespace, catalog: Catalog) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace, catalog: Catalog) -> int:
+    import os
+
+    from gateway.server import config as gwconfig
+    from gateway.server.runner import serve
+
+    try:
+        config = _serve_config(args, env=os.environ)
+        if args.listen:
+            host, port = gwconfig.parse_listen(args.listen)
+            config = replace(config, host=host, port=port)
+    except gwconfig.ConfigError as e:
+        flag = "--config" if args.config else "--listen" if e.field == "listen" else "--plan"
+        print(f"cardinal serve: error: {flag}: {e}", file=sys.stderr)
+        return 2
+    serve(config, workers=args.workers)
+    return 0
+
+
+def _serve_config(args: argparse.Namespace, *, env: Any) -> Any:
+    """The gateway config from --config, or from --plan and the replicas' URLs."""
+    from gateway.server import config as gwconfig
+
+    if args.config:
+        if args.backends or args.base_port:
+            raise PlanError("--backends and --base-port go with --plan", field="config")
+        try:
+            text = args.config.read_text(encoding="utf-8")
+        except OSError as e:
+            raise PlanError(f"cannot read {args.config}: {e.strerror}", field="config") from None
+        return gwconfig.load(text, env=env)
+    plan = planfile.load(_read(args.plan))
+    replicas = plan["fleet"]["replicas"]
+    if args.backends:
+        urls = args.backends
+    elif args.base_port:
+        urls = [f"http://127.0.0.1:{args.base_port + i}" for i in range(replicas)]
+    else:
+        raise PlanError("--plan needs --backends URL ... or --base-port PORT", field="backends")
+    if len(urls) != replicas:
+        print(f"cardinal serve: note: {len(urls)} backends, the plan has {replicas} replicas")
+    return gwconfig.from_plan(plan, urls=urls, listen=args.listen or "127.0.0.1:8080")
+
+
 def _sim_card(args: argparse.Namespace, catalog: Catalog) -> tuple[str, Card, int]:
     """(served model name, card, replicas) from --plan or from --model/--quant/--gpu."""
     from gateway.sim.card import card_from_catalog, card_from_plan
@@ -402,6 +468,7 @@ COMMANDS = {
     "seeds": cmd_seeds,
     "show": cmd_show,
     "sim": cmd_sim,
+    "serve": cmd_serve,
 }
 
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway.planner.catalog import load_catalog
+from gateway.server.app import config_key
 from gateway.server.app import create_app as create_gateway
 from gateway.server.config import GatewayConfig, parse
 from gateway.server.runner import start
@@ -39,8 +43,15 @@ def card(model: str = MODEL, gpu: str = "h100-sxm", max_num_seqs: int | None = N
     )
 
 
-def card_config(*, gpu: str = "h100-sxm", max_num_seqs: int | None = None, **kw: Any) -> CardConfig:
-    c = card(MODEL, gpu, max_num_seqs)
+def card_config(
+    *,
+    speed_of: str = MODEL,
+    gpu: str = "h100-sxm",
+    max_num_seqs: int | None = None,
+    **kw: Any,
+) -> CardConfig:
+    """A card serving MODEL at the speed of `speed_of` on `gpu` (a slower card, same name)."""
+    c = card(speed_of, gpu, max_num_seqs)
     return CardConfig(model_name=MODEL, speed=c.speed, engine=c.engine, **kw)
 
 
@@ -78,12 +89,11 @@ class Fleet:
         return self.registry.get_sample_value(name, labels) or 0.0
 
     def served(self) -> list[float]:
+        """Requests answered 200 by each backend, in config order."""
+        backends = self.gateway.app[config_key].backends
         return [
-            sum(
-                self.sample("gateway_requests_total", model=MODEL, backend=f"card-{i}", code=code)
-                for code in ("200",)
-            )
-            for i in range(len(self.cards))
+            self.sample("gateway_requests_total", model=b.models[0], backend=b.name, code="200")
+            for b in backends
         ]
 
 
@@ -110,3 +120,86 @@ async def fake_upstream(**routes: Any) -> Served:
         method, _, path = name.partition("_")
         app.router.add_route(method.upper(), "/" + path.replace("_", "/"), handler)
     return await serve(app)
+
+
+@dataclass(kw_only=True)
+class Result:
+    """One request as the client saw it."""
+
+    sent_s: float  # when it was sent (monotonic)
+    status: int
+    ttft_s: float | None = None  # first token, from the send
+    e2e_s: float = 0.0
+    tokens: int = 0
+    stream_error: bool = False  # an error event arrived in the stream
+    retry_after: str | None = None
+
+    @property
+    def tpot_s(self) -> float | None:
+        if self.ttft_s is None or self.tokens < 2:
+            return None
+        return (self.e2e_s - self.ttft_s) / (self.tokens - 1)
+
+
+async def request(
+    http: aiohttp.ClientSession, url: str, *, max_tokens: int, stream: bool = True
+) -> Result:
+    """A /v1/completions request, read to the end; never raises for HTTP or stream errors."""
+    body = {"model": MODEL, "prompt": "Tell me a story.", "max_tokens": max_tokens}
+    if stream:
+        body["stream"] = True
+    t0 = time.monotonic()
+    result = Result(sent_s=t0, status=0)
+    try:
+        async with http.post(url + "/v1/completions", json=body) as r:
+            result.status = r.status
+            result.retry_after = r.headers.get("Retry-After")
+            if r.status == 200 and stream:
+                async for line in r.content:
+                    if line.startswith(b"data: {"):
+                        if b'"error"' in line[:20]:
+                            result.stream_error = True
+                            continue
+                        if result.ttft_s is None:
+                            result.ttft_s = time.monotonic() - t0
+                        result.tokens += 1
+            else:
+                await r.read()
+    except aiohttp.ClientError:
+        result.stream_error = True
+    result.e2e_s = time.monotonic() - t0
+    return result
+
+
+async def closed_loop(
+    http: aiohttp.ClientSession, url: str, *, workers: int, requests: int, **kw: Any
+) -> list[Result]:
+    """`workers` clients, each sending its next request when the last one ends."""
+    results: list[Result] = []
+    left = iter(range(requests))
+
+    async def worker() -> None:
+        for _ in left:
+            results.append(await request(http, url, **kw))
+
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return results
+
+
+async def open_loop(
+    http: aiohttp.ClientSession, url: str, *, rate: float, duration_s: float, **kw: Any
+) -> list[Result]:
+    """Requests sent on a fixed schedule, whatever the answers (as real traffic arrives)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    tasks = []
+    for i in range(int(rate * duration_s)):
+        await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
+        tasks.append(asyncio.create_task(request(http, url, **kw)))
+    return list(await asyncio.gather(*tasks))
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]

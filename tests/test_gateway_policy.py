@@ -57,11 +57,13 @@ def test_least_outstanding_prefers_the_emptier_backend() -> None:
 def test_least_outstanding_weights_by_capacity_even_at_zero_load() -> None:
     bs = backends(2, 1)
     p = LeastOutstanding(random.Random(2))
-    assert {p.choose(bs, REQ).name for _ in range(20)} == {"b0"}  # 1/2 beats 1/1
-    bs[0].inflight = 1  # (1+1)/2 == (0+1)/1: a tie goes to either
-    assert {p.choose(bs, REQ).name for _ in range(50)} == {"b0", "b1"}
+    idle = Counter(p.choose(bs, REQ).name for _ in range(3000))
+    assert idle["b0"] / idle["b1"] == pytest.approx(2.0, rel=0.1)
+    bs[0].inflight = 3  # 3/2 > 1/1: the small card is less loaded for its size
+    bs[1].inflight = 1
+    assert {p.choose(bs, REQ).name for _ in range(20)} == {"b1"}
     picks = Counter()
-    for _ in range(3000):  # simulate: each pick stays in flight, then everything drains
+    for _ in range(3000):  # each pick stays in flight, then everything drains
         b = p.choose(bs, REQ)
         b.inflight += 1
         picks[b.name] += 1

@@ -46,6 +46,7 @@ admission_key = web.AppKey("admission_key", Admission)
 client_key = web.AppKey("client_key", aiohttp.ClientSession)
 proxy_key = web.AppKey("proxy_key", Proxy)
 prober_key = web.AppKey("prober_key", Prober)
+request_id_key = web.RequestKey("request_id_key", str)
 
 REQUEST_ID_RE = re.compile(r"[\w.:\-]{1,128}")
 
@@ -147,7 +148,7 @@ async def error_middleware(
     rid = request.headers.get("x-request-id", "")
     if not REQUEST_ID_RE.fullmatch(rid):
         rid = uuid.uuid4().hex
-    request["request_id"] = rid
+    request[request_id_key] = rid
     try:
         resp = await handler(request)
     except GatewayError as e:
@@ -210,7 +211,7 @@ async def _forward(request: web.Request, path: str) -> web.StreamResponse:
         body=body,
         route=RouteRequest(model=model, key=key),
         stream=stream and path != "/v1/embeddings",
-        request_id=request["request_id"],
+        request_id=request[request_id_key],
         start_s=start_s,
     )
     return await app[proxy_key].forward(request, call)

@@ -83,7 +83,7 @@ def load(text: str, *, env: Mapping[str, str]) -> GatewayConfig:
 
 def parse(data: Any, *, env: Mapping[str, str]) -> GatewayConfig:
     top = _Section(data, "")
-    host, port = _listen(top.get("listen", str, "127.0.0.1:8080"))
+    host, port = parse_listen(top.get("listen", str, "127.0.0.1:8080"))
     backends = top.get("backends", list, None, required=True)
     if not backends:
         raise ConfigError("`backends` must list at least one backend", field="backends")
@@ -167,7 +167,8 @@ class _Section:
             raise ConfigError(f"unknown field `{self.name(extra[0])}`", field=self.name(extra[0]))
 
 
-def _listen(text: str) -> tuple[str, int]:
+def parse_listen(text: str) -> tuple[str, int]:
+    """(host, port) from `host:port` (`[::1]:8080` for IPv6); errors name `listen`."""
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"`listen` must be host:port, got {text!r}", field="listen")

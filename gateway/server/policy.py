@@ -48,10 +48,10 @@ class RoundRobin:
 
 
 class LeastOutstanding:
-    """Power of two choices, sampled by capacity weight, on in-flight requests per unit weight.
+    """Power of two choices on in-flight requests per unit of capacity weight.
 
-    `(inflight + 1) / weight` rather than `inflight / weight`: at zero load it still prefers the
-    bigger card, so a card with twice the weight takes about twice the requests at every load.
+    The two are sampled in proportion to weight and a tie goes to the first sampled, so a card
+    with twice the weight takes twice the requests at zero load too, not only once queues form.
     """
 
     needs_key = False
@@ -63,28 +63,18 @@ class LeastOutstanding:
         if len(candidates) == 1:
             return candidates[0]
         a, b = self._two(candidates)
-        return b if _load(b) < _load(a) else a
+        return b if b.inflight / b.weight < a.inflight / a.weight else a
 
     def _two(self, candidates: Sequence[Backend]) -> tuple[Backend, Backend]:
         if len(candidates) == 2:
-            return (
-                (candidates[0], candidates[1])
-                if self._rng.random() < 0.5
-                else (
-                    candidates[1],
-                    candidates[0],
-                )
-            )
+            x, y = candidates
+            return (x, y) if self._rng.random() * (x.weight + y.weight) < x.weight else (y, x)
         weights = [c.weight for c in candidates]
         a = self._rng.choices(candidates, weights)[0]
         b = a
         while b is a:
             b = self._rng.choices(candidates, weights)[0]
         return a, b
-
-
-def _load(b: Backend) -> float:
-    return (b.inflight + 1) / b.weight
 
 
 class EngineAware:
