@@ -1,4 +1,4 @@
-"""`make bench`: how fast the planner answers, measured in one run on this machine."""
+"""`make bench`: every figure measured in one run on this machine (planner, simulator, ...)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _plans(catalog: Catalog, gpus: list[str]) -> int:
     return n
 
 
-def main() -> None:
+def planner() -> None:
     catalog = load_catalog()
     gpus = ["rtx-4090", "l40s", "a100-80gb-sxm", "h100-sxm", "h200"]
     t0 = time.perf_counter()
@@ -36,6 +36,13 @@ def main() -> None:
     t_acc = time.perf_counter() - t0
     print(f"plans: {n} in {t_plans:.2f} s = {t_plans / n * 1e3:.1f} ms per plan")
     print(f"accuracy check: {len(checks)} reference rows in {t_acc:.2f} s")
+
+
+def main() -> None:
+    from tests import bench_sim
+
+    planner()
+    bench_sim.main()
 
 
 if __name__ == "__main__":

@@ -81,7 +81,9 @@ class SequenceTooLong(ValueError):
 
 
 class Sequence:
-    """One request in the engine; `async for t in seq` yields each token's timeline time."""
+    """One request in the engine; `async for t in seq` yields each token's timeline time, and
+    `await seq.tokens(start, n)` waits for several at once (one wake-up per SSE event, not per
+    token: what lets one process host many cards)."""
 
     def __init__(self, *, id: int, prompt_tokens: int, max_tokens: int, arrival_s: float) -> None:
         self.id = id
@@ -89,9 +91,15 @@ class Sequence:
         self.max_tokens = max_tokens
         self.arrival_s = arrival_s
         self.prefilled = 0
-        self.generated = 0
         self.state = "waiting"  # waiting | running | finished | aborted
-        self._events: asyncio.Queue[float | None] = asyncio.Queue()
+        self._times: list[float] = []
+        self._waiter: asyncio.Future[None] | None = None
+        self._want = 0  # wake the waiter once this many tokens exist
+        self._read = 0  # tokens handed out by `async for`
+
+    @property
+    def generated(self) -> int:
+        return len(self._times)
 
     @property
     def reserved(self) -> int:
@@ -110,21 +118,35 @@ class Sequence:
         return self.state in ("finished", "aborted")
 
     def _emit(self, t: float) -> None:
-        self.generated += 1
-        self._events.put_nowait(t)
+        self._times.append(t)
+        if len(self._times) >= self._want:
+            self._wake()
 
     def _end(self, state: str) -> None:
         self.state = state
-        self._events.put_nowait(None)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def tokens(self, start: int, n: int) -> list[float]:
+        """Times of tokens `start .. start + n - 1`; fewer (maybe none) if the sequence ends."""
+        while len(self._times) < start + n and not self.done:
+            self._want = start + n
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return self._times[start : start + n]
 
     def __aiter__(self) -> Sequence:
         return self
 
     async def __anext__(self) -> float:
-        t = await self._events.get()
-        if t is None:
+        times = await self.tokens(self._read, 1)
+        if not times:
             raise StopAsyncIteration
-        return t
+        self._read += 1
+        return times[0]
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,6 @@ class TokenEvents:
         self._metrics = metrics
         self._per_event = max(1, per_event)
         self._last_s = seq.arrival_s
-        self._ended = False
         self._stop_after = stop_after if stop_after is not None else seq.max_tokens
 
     @property
@@ -59,20 +58,15 @@ class TokenEvents:
     async def __anext__(self) -> int:
         limit = 1 if self.generated == 0 else self._per_event
         limit = min(limit, self._stop_after - self.generated)
-        if limit <= 0 and not self.ended_after_this:
-            self.cut = True
-        n = 0
-        while n < limit and not self._ended:
-            try:
-                t = await anext(self.seq)
-            except StopAsyncIteration:
-                self._ended = True
-                break
-            self._observe(t)
-            n += 1
-        if n == 0:
+        if limit <= 0:
+            self.cut = not self.ended_after_this
             raise StopAsyncIteration
-        return n
+        times = await self.seq.tokens(self.generated, limit)
+        if not times:
+            raise StopAsyncIteration
+        for t in times:
+            self._observe(t)
+        return len(times)
 
     def _observe(self, t: float) -> None:
         if self.generated == 0:
