@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import re
 import shlex
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -64,12 +68,64 @@ def test_readme_opens_with_the_two_commands() -> None:
     ]
 
 
-@pytest.mark.parametrize("command", _readme_commands())
-def test_readme_command_runs(command: str, tmp_path: Path) -> None:
-    argv = [str(CARDINAL), *shlex.split(command)[1:]]
-    result = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "Fleet" in result.stdout
+LONG_RUNNING = ("sim", "serve")  # started, checked to come up, then stopped
+
+
+def test_readme_commands_run_in_order(tmp_path: Path) -> None:
+    """Each README command as written, in one directory (a later one may read an earlier one's
+    file); servers are started on free ports, checked, and stopped with SIGTERM."""
+    for command in _readme_commands():
+        argv = [str(CARDINAL), *shlex.split(command)[1:]]
+        if argv[1] in LONG_RUNNING:
+            _run_server(argv, tmp_path)
+            continue
+        result = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        assert result.returncode == 0, f"{command}\n{result.stderr}"
+        if argv[1] == "plan" and "-o" not in argv and "--json" not in argv:
+            assert "Fleet" in result.stdout
+
+
+def _run_server(argv: list[str], cwd: Path) -> None:
+    port = _free_port_run(8)
+    argv = [*argv, "--port", str(port)]  # argparse: the last --port wins
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not _answers(f"http://127.0.0.1:{port}/health"):
+            assert proc.poll() is None, f"{argv}: {proc.stderr.read() if proc.stderr else ''}"
+            assert time.monotonic() < deadline, f"{argv} did not come up"
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+
+
+def _free_port_run(n: int) -> int:
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n < 65535 and all(_bindable(base + i) for i in range(n)):
+            return base
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
 def test_readme_has_commands() -> None:

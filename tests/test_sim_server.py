@@ -222,3 +222,14 @@ async def _until_idle(card: Running) -> bool:
             return True
         await asyncio.sleep(0.01)
     return False
+
+
+@pytest.mark.asyncio
+async def test_ignore_eos_and_n_are_checked(card: Running, http: aiohttp.ClientSession) -> None:
+    body = {"model": MODEL, "prompt": "hi", "max_tokens": 7, "ignore_eos": True}
+    async with http.post(card.url + "/v1/completions", json=body) as resp:
+        assert (await resp.json())["usage"]["completion_tokens"] == 7
+    for bad, param in (({"ignore_eos": "yes"}, "ignore_eos"), ({"n": 2}, "n")):
+        async with http.post(card.url + "/v1/completions", json={**body, **bad}) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"]["param"] == param

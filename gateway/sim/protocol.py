@@ -29,6 +29,7 @@ def parse(body: Any, *, kind: str, served: str) -> GenRequest:
     if model != served:
         raise ModelNotFound(f"The model `{model}` does not exist.", param="model")
     prompt = _chat_prompt(body) if kind == "chat" else _completion_prompt(body)
+    _check_options(body)
     stream = body.get("stream") is True
     options = body.get("stream_options") or {}
     return GenRequest(
@@ -59,6 +60,17 @@ def _completion_prompt(body: dict[str, Any]) -> int:
     if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
         return len(prompt)  # token ids
     raise BadRequest("`prompt` must be a non-empty string or list of token ids", param="prompt")
+
+
+def _check_options(body: dict[str, Any]) -> None:
+    """vLLM options the card accepts. The simulated model never samples EOS, so every response
+    runs to max_tokens, as vLLM does with `ignore_eos: true` (what benchmarks send)."""
+    for name in ("ignore_eos", "stream"):
+        if name in body and not isinstance(body[name], bool):
+            raise BadRequest(f"`{name}` must be true or false, got {body[name]!r}", param=name)
+    n = body.get("n", 1)
+    if n != 1 or isinstance(n, bool):
+        raise BadRequest(f"`n` must be 1 on a simulated card, got {n!r}", param="n")
 
 
 def _max_tokens(body: dict[str, Any]) -> int | None:
