@@ -8,7 +8,11 @@ STAMP  := $(VENV)/.installed
 DEMO_PLAN := --model deepseek-r1-distill-qwen-32b --quant awq --gpu a100-80gb-sxm --engine vllm \
 	--target-qps 75 --prompt-tokens 512 --output-tokens 256 --ttft-slo 2s --tpot-slo 50ms
 
-.PHONY: demo test bench accuracy seeds docs lint clean
+# System servers the tests and the benchmark run for real (Debian packages).
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+SYSTEM := nginx prometheus promtool
+
+.PHONY: demo test bench accuracy seeds docs lint clean system
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,10 +23,19 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/cardinal plan $(DEMO_PLAN) -o fleet.yaml
 
-test: $(STAMP)
+system:
+	@missing=; for t in $(SYSTEM); do PATH="$$PATH:/usr/sbin" command -v $$t >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing nginx and prometheus (Debian packages)"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			nginx-light prometheus >/dev/null; \
+	fi
+
+test: $(STAMP) system
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+bench: $(STAMP) system
 	$(BIN)/python -m tests.bench
 
 accuracy: $(STAMP)
