@@ -12,8 +12,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 from gateway.cli import ACCURACY_HEADER
 from gateway.planner.accuracy import check_all, render_table
 from gateway.planner.catalog import load_catalog
@@ -88,7 +86,9 @@ def test_readme_commands_run_in_order(tmp_path: Path) -> None:
 def _run_server(argv: list[str], cwd: Path) -> None:
     port = _free_port_run(8)
     argv = [*argv, "--port", str(port)]  # argparse: the last --port wins
-    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 60
         while not _answers(f"http://127.0.0.1:{port}/health"):

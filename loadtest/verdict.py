@@ -1,0 +1,323 @@
+"""The verdict of an open-loop LLM load run: pure functions over exact per-request records.
+
+No Locust and no gevent here, so the same code judges a single process, a distributed run and the
+unit tests. Times are wall-clock seconds (`time.time()`), comparable across worker processes.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+PASS, FAIL, INVALID = 0, 1, 2
+SCHEDULE_LAG_LIMIT_S = 0.05  # p99 send delay beyond which the generator, not the fleet, is slow
+SENT_SHARE_LIMIT = 0.97  # of the scheduled requests in the window
+COMPLETED_SHARE_LIMIT = 0.97  # completed rate / offered rate
+OFFERED_TOLERANCE = 0.10  # a window cuts arrival blocks: its offered rate may stray this far
+BLOCK_ARRIVALS = 20  # arrivals per block: the rate is exact per block (see `arrivals`)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    target_qps: float
+    warmup_s: float
+    cooldown_s: float
+    ttft_slo_s: float | None
+    tpot_slo_s: float | None
+    e2e_slo_s: float | None
+    percentile: float  # e.g. 95: the SLOs hold at this percentile
+    attainment: float  # share of requests that must meet every SLO
+    max_error_rate: float
+    stream: bool = True
+
+
+@dataclass
+class Record:
+    """One request, as exact as the generator can measure it."""
+
+    scheduled: float
+    sent: float = math.nan
+    first: float = math.nan  # first non-empty content delta
+    end: float = math.nan
+    tokens: int = 0
+    error: str = ""  # empty: answered in full
+    finished: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.finished and not self.error
+
+    @property
+    def ttft(self) -> float:
+        return self.first - self.scheduled
+
+    @property
+    def tpot(self) -> float:
+        return (self.end - self.first) / (self.tokens - 1) if self.tokens > 1 else 0.0
+
+    @property
+    def e2e(self) -> float:
+        return self.end - self.scheduled
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def arrivals(rate: float, *, start: float, seed: int, kind: str = "poisson") -> Iterator[float]:
+    """Intended start times from `start` on, forever.
+
+    Poisson arrivals are drawn as a Poisson process conditioned on its count per block of about
+    BLOCK_ARRIVALS arrivals (at least 1 s): each block gets exactly rate x block arrivals (the
+    fraction carried over) at uniform random times. Within a block the bursts are Poisson's, while
+    the offered rate cannot drift from the target the way a short run of free exponential gaps
+    does (+-5 % over 400 requests)."""
+    rng = random.Random(seed)
+    block_s = max(1.0, BLOCK_ARRIVALS / rate)
+    owed, block = 0.0, 0
+    while True:
+        t0 = start + block * block_s
+        owed += rate * block_s
+        n = int(owed)
+        owed -= n
+        if kind == "constant":
+            times = [t0 + i * block_s / n for i in range(n)]
+        else:
+            times = sorted(t0 + rng.random() * block_s for _ in range(n))
+        yield from times
+        block += 1
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    value: str
+    limit: str
+    ok: bool
+
+
+@dataclass
+class Verdict:
+    code: int
+    window: tuple[float, float]
+    scheduled: int
+    sent: int
+    completed: int
+    offered_qps: float
+    sent_qps: float
+    completed_qps: float
+    checks: list[Check] = field(default_factory=list)
+    validity: list[Check] = field(default_factory=list)
+    stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return {PASS: "PASS", FAIL: "FAIL", INVALID: "INVALID"}[self.code]
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["label"] = self.label
+        return d
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile; +inf for an empty list (nothing met anything)."""
+    if not values:
+        return math.inf
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))]
+
+
+def judge(
+    records: list[Record], s: Settings, *, start: float, stop: float, cpu_overloaded: bool = False
+) -> Verdict:
+    """PASS when, at the offered rate, enough requests meet every SLO, the completed rate reaches
+    the target and the queue is not growing; INVALID when the generator could not keep its own
+    schedule (then the latencies measure the generator)."""
+    lo, hi = start + s.warmup_s, stop - s.cooldown_s
+    window = [r for r in records if lo <= r.scheduled < hi]
+    span = max(hi - lo, 1e-9)
+    sent = [r for r in window if not math.isnan(r.sent)]
+    done = [r for r in window if r.ok]
+    v = Verdict(
+        code=PASS,
+        window=(lo - start, hi - start),
+        scheduled=len(window),
+        sent=len(sent),
+        completed=len(done),
+        offered_qps=len(window) / span,
+        sent_qps=len(sent) / span,
+        completed_qps=len(done) / span,
+    )
+    v.validity = _validity(window, sent, s, span=span, cpu_overloaded=cpu_overloaded)
+    v.checks = _checks(records, window, done, s, v, lo=lo, hi=hi)
+    v.stats = _stats(done, s)
+    if not all(c.ok for c in v.validity):
+        v.code = INVALID
+    elif not all(c.ok for c in v.checks):
+        v.code = FAIL
+    return v
+
+
+def _validity(
+    window: list[Record], sent: list[Record], s: Settings, *, span: float, cpu_overloaded: bool
+) -> list[Check]:
+    lag = percentile([r.sent - r.scheduled for r in sent], 99)
+    return [
+        Check(
+            "measurement window",
+            f"{span:.1f} s",
+            "> 0 s",
+            span > 1e-6 and bool(window),
+        ),
+        Check(
+            "offered QPS",
+            f"{len(window) / span:.2f}",
+            f"target {s.target_qps:g} +-{OFFERED_TOLERANCE:.0%}",
+            abs(len(window) / span / s.target_qps - 1) <= OFFERED_TOLERANCE,
+        ),
+        Check(
+            "requests sent on time",
+            f"{len(sent) / max(len(window), 1):.1%}",
+            f">= {SENT_SHARE_LIMIT:.0%} of scheduled",
+            len(sent) >= SENT_SHARE_LIMIT * len(window),
+        ),
+        Check(
+            "schedule lag p99",
+            _ms(lag),
+            f"<= {_ms(SCHEDULE_LAG_LIMIT_S)}",
+            lag <= SCHEDULE_LAG_LIMIT_S,
+        ),
+        Check(
+            "generator CPU", "over 90 %" if cpu_overloaded else "ok", "< 90 %", not cpu_overloaded
+        ),
+    ]
+
+
+def _checks(
+    records: list[Record],
+    window: list[Record],
+    done: list[Record],
+    s: Settings,
+    v: Verdict,
+    *,
+    lo: float,
+    hi: float,
+) -> list[Check]:
+    p = s.percentile
+    checks = [
+        Check(
+            "completed QPS",
+            f"{v.completed_qps:.2f}",
+            f">= {COMPLETED_SHARE_LIMIT * v.offered_qps:.2f} (97% offered)",
+            v.completed_qps >= COMPLETED_SHARE_LIMIT * v.offered_qps,
+        ),
+        Check(
+            "SLO attainment",
+            f"{sum(_meets(r, s) for r in window) / max(len(window), 1):.1%}",
+            f">= {s.attainment:.0%}",
+            sum(_meets(r, s) for r in window) >= s.attainment * len(window),
+        ),
+    ]
+    for name, slo, values in (
+        ("TTFT", s.ttft_slo_s if s.stream else None, [r.ttft for r in window if r.ok]),
+        ("TPOT", s.tpot_slo_s if s.stream else None, [r.tpot for r in window if r.ok]),
+        ("e2e", s.e2e_slo_s, [r.e2e for r in window if r.ok]),
+    ):
+        if slo is not None:
+            value = percentile(values + [math.inf] * (len(window) - len(values)), p)
+            checks.append(Check(f"p{p:g} {name}", _ms(value), f"<= {_ms(slo)}", value <= slo))
+    errors = len(window) - len(done)
+    rate = errors / max(len(window), 1)
+    checks.append(
+        Check("error rate", f"{rate:.1%}", f"<= {s.max_error_rate:.1%}", rate <= s.max_error_rate)
+    )
+    growth, mean = queue_growth(records, lo=lo, hi=hi)
+    checks.append(
+        Check(
+            "in-flight growth",
+            f"{growth:+.1f}",
+            f"<= {max(3.0, 0.25 * mean):.1f} (mean {mean:.1f})",
+            growth <= max(3.0, 0.25 * mean),
+        )
+    )
+    return checks
+
+
+def _meets(r: Record, s: Settings) -> bool:
+    if not r.ok:
+        return False
+    limits = (
+        (r.ttft, s.ttft_slo_s if s.stream else None),
+        (r.tpot, s.tpot_slo_s if s.stream else None),
+        (r.e2e, s.e2e_slo_s),
+    )
+    return all(slo is None or value <= slo for value, slo in limits)
+
+
+def queue_growth(records: list[Record], *, lo: float, hi: float) -> tuple[float, float]:
+    """(least-squares growth of requests in flight across the window, their mean): a fleet that
+    keeps up holds in flight flat; one that does not piles requests up linearly. Requests sent
+    before the window count too: the warm-up filled the pipeline."""
+    points = []
+    t = lo
+    step = max((hi - lo) / 50, 0.1)
+    while t < hi:
+        n = sum(
+            1
+            for r in records
+            if r.scheduled <= t and (not r.finished or math.isnan(r.end) or r.end > t)
+        )
+        points.append((t, n))
+        t += step
+    if len(points) < 2:
+        return 0.0, float(points[0][1]) if points else 0.0
+    mt = sum(p[0] for p in points) / len(points)
+    mn = sum(p[1] for p in points) / len(points)
+    var = sum((p[0] - mt) ** 2 for p in points)
+    slope = sum((p[0] - mt) * (p[1] - mn) for p in points) / var if var else 0.0
+    return slope * (hi - lo), mn
+
+
+def _stats(done: list[Record], s: Settings) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, values in (
+        ("ttft", [r.ttft for r in done]),
+        ("tpot", [r.tpot for r in done]),
+        ("e2e", [r.e2e for r in done]),
+    ):
+        for p in (50, 90, s.percentile, 99):
+            out[f"{name}_p{p:g}_s"] = percentile(values, p) if values else math.nan
+    out["output_tokens_mean"] = sum(r.tokens for r in done) / len(done) if done else math.nan
+    return out
+
+
+def render(v: Verdict, s: Settings) -> str:
+    """The verdict table printed at the end of a run."""
+    lo, hi = v.window
+    lines = [
+        f"Cardinal verdict: {v.label} (exit {v.code})",
+        f"  window {lo:.0f}-{hi:.0f} s: {v.scheduled} scheduled ({v.offered_qps:.2f} QPS offered, "
+        f"target {s.target_qps:g}), {v.sent} sent ({v.sent_qps:.2f} QPS), {v.completed} completed "
+        f"({v.completed_qps:.2f} QPS)",
+        "",
+        f"  {'check':<24}{'value':>12}   {'limit':<24}result",
+    ]
+    for c in v.checks + v.validity:
+        lines.append(f"  {c.name:<24}{c.value:>12}   {c.limit:<24}{'ok' if c.ok else 'MISSED'}")
+    if v.code == INVALID:
+        lines.append("")
+        lines.append(
+            "  INVALID: the load generator could not keep its schedule, so these latencies measure "
+            "the generator, not the fleet. Lower the rate per process or run distributed "
+            "(--master / --worker)."
+        )
+    return "\n".join(lines)
+
+
+def _ms(seconds: float) -> str:
+    if math.isinf(seconds):
+        return "inf"
+    return f"{seconds * 1e3:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"

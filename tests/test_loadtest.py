@@ -1,0 +1,336 @@
+"""`locust -f loadtest/qps.py`: open-loop arrivals, real TTFT, and a verdict in the exit code.
+
+Locust runs in its own processes (gevent stays out of pytest); the fleet is simulated cards from
+one `cardinal sim` process, a card per scenario so that one run's backlog cannot leak into the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from gateway import planfile
+from gateway.planner.capacity import Workload
+from gateway.planner.catalog import load_catalog
+from gateway.planner.plan import make_plan, request_for
+from gateway.planner.report import plan_dict
+from loadtest.verdict import FAIL, INVALID, PASS, Record, Settings, arrivals, judge
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+MODEL = "deepseek-r1-distill-qwen-7b"
+WORKLOAD = Workload(
+    prompt_tokens=256, output_tokens=64, target_qps=8, ttft_slo_s=1.0, tpot_slo_s=0.04
+)
+SETTINGS = Settings(
+    target_qps=10,
+    warmup_s=3,
+    cooldown_s=0,
+    ttft_slo_s=1.0,
+    tpot_slo_s=0.05,
+    e2e_slo_s=None,
+    percentile=95,
+    attainment=0.9,
+    max_error_rate=0.01,
+)
+
+
+# -- the verdict, on records made by hand ---------------------------------------------------------
+
+
+def _records(n: int, *, rate: float, ttft: float, lag: float = 0.001, tokens: int = 64) -> list:
+    out = []
+    for i in range(n):
+        t = i / rate
+        out.append(
+            Record(
+                scheduled=t,
+                sent=t + lag,
+                first=t + ttft,
+                end=t + ttft + 0.03 * (tokens - 1),
+                tokens=tokens,
+                finished=True,
+            )
+        )
+    return out
+
+
+def test_verdict_passes_fails_and_refuses_to_judge_a_slow_generator() -> None:
+    ok = judge(_records(100, rate=10, ttft=0.2), SETTINGS, start=0, stop=10)
+    assert ok.code == PASS and ok.offered_qps == pytest.approx(10, rel=0.02)
+    slow = judge(_records(100, rate=10, ttft=1.5), SETTINGS, start=0, stop=10)
+    assert slow.code == FAIL
+    assert {c.name for c in slow.checks if not c.ok} == {"SLO attainment", "p95 TTFT"}
+    lagging = judge(_records(100, rate=10, ttft=1.5, lag=0.2), SETTINGS, start=0, stop=10)
+    assert lagging.code == INVALID  # the latencies measure the generator: no verdict on the fleet
+
+
+def test_verdict_counts_errors_and_unfinished_requests_as_misses() -> None:
+    recs = _records(100, rate=10, ttft=0.2)
+    for r in recs[40:45]:
+        r.error = "HTTP 500"
+    for r in recs[45:50]:
+        r.finished, r.end = False, math.nan
+    v = judge(recs, SETTINGS, start=0, stop=10)
+    assert v.code == FAIL and v.completed == v.scheduled - 10
+    assert not next(c for c in v.checks if c.name == "error rate").ok
+
+
+def test_growing_queue_fails_even_when_latency_looks_fine() -> None:
+    recs = _records(100, rate=10, ttft=0.2)
+    for i, r in enumerate(recs):  # each request ends later than the one before: a backlog
+        r.end = r.scheduled + 0.5 + 0.05 * i
+        r.first = r.end - 0.03 * 63
+    v = judge(recs, SETTINGS, start=0, stop=10)
+    assert not next(c for c in v.checks if c.name == "in-flight growth").ok
+
+
+@pytest.mark.parametrize("rate", [0.5, 3, 75])
+def test_poisson_arrivals_offer_the_rate_exactly_over_a_short_run(rate: float) -> None:
+    stream = arrivals(rate, start=0, seed=1)
+    horizon = max(40 / rate, 20)
+    times = []
+    while (t := next(stream)) < horizon:
+        times.append(t)
+    assert len(times) == pytest.approx(rate * horizon, rel=0.03)
+    gaps = sorted(b - a for a, b in zip(times, times[1:], strict=False))
+    assert gaps[len(gaps) // 10] < 0.35 / rate < gaps[-len(gaps) // 10]  # bursty, not a metronome
+
+
+# -- the locustfile against real servers ----------------------------------------------------------
+
+
+def _free_ports(n: int) -> int:
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n < 65535 and all(_free(base + i) for i in range(n)):
+            return base
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def plan_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    catalog = load_catalog()
+    plan = make_plan(
+        request_for(catalog, model=MODEL, quant="awq", gpu="a10g", workload=WORKLOAD), catalog
+    )
+    path = tmp_path_factory.mktemp("plan") / "fleet.yaml"
+    path.write_text(planfile.dump(plan_dict(plan)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cards(plan_path: Path) -> Iterator[list[str]]:
+    n = 5
+    port = _free_ports(n)
+    proc = subprocess.Popen(
+        [str(BIN / "cardinal"), "sim", "--plan", str(plan_path), "--cards", str(n)]
+        + ["--port", str(port), "--tokens-per-event", "4"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    urls = [f"http://127.0.0.1:{port + i}" for i in range(n)]
+    try:
+        deadline = time.monotonic() + 30
+        while not _healthy(urls[-1]):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        yield urls
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _locust(
+    *args: str, seconds: int, env: dict[str, str] | None = None, locustfile: str = ""
+) -> subprocess.CompletedProcess[str]:
+    cmd = [str(BIN / "locust"), "-f", locustfile or "loadtest/qps.py", "--headless"]
+    cmd += ["-t", f"{seconds}s", "--only-summary", *args]
+    return subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _summary(path: Path) -> dict:
+    return json.loads(path.read_text())["verdict"]
+
+
+def test_a_fleet_that_keeps_up_passes(cards: list[str], plan_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "s.json"
+    run = _locust(
+        "--host", cards[0], "--plan", str(plan_path), "--warmup", "3s", "--cooldown", "4s",
+        "--summary-json", str(out), seconds=14,
+    )  # fmt: skip
+    print(run.stdout[-1500:])
+    assert run.returncode == PASS, run.stdout + run.stderr
+    v = _summary(out)
+    assert v["completed_qps"] == pytest.approx(WORKLOAD.target_qps, rel=0.05)
+
+
+def test_open_loop_holds_the_rate_where_closed_loop_falls_behind(
+    cards: list[str], plan_path: Path, tmp_path: Path
+) -> None:
+    """1.6x the card's capacity: latency grows without bound. qps.py still offers the target
+    (and fails the fleet); stock constant_throughput users wait for their answers and fall behind."""
+    target = 20.0
+    out = tmp_path / "s.json"
+    run = _locust(
+        "--host", cards[1], "--plan", str(plan_path), "--target-qps", str(target),
+        "--warmup", "2s", "--cooldown", "3s", "--summary-json", str(out), seconds=15,
+    )  # fmt: skip
+    print(run.stdout[-1500:])
+    assert run.returncode == FAIL, run.stdout + run.stderr
+    v = _summary(out)
+    assert v["sent_qps"] == pytest.approx(target, rel=0.03)
+    assert v["completed_qps"] < 0.8 * target
+
+    users = 20
+    closed = _locust(
+        "--host", cards[2], "-u", str(users), "-r", str(users), "--json",
+        seconds=15,
+        locustfile=str(ROOT / "tests/data/closed_loop.py"),
+        env={"CLOSED_LOOP_RATE_PER_USER": str(target / users), "CLOSED_LOOP_MODEL": MODEL},
+    )  # fmt: skip
+    stats = json.loads(closed.stdout)
+    achieved = sum(s["num_requests"] for s in stats) / 15
+    print(f"open loop sent {v['sent_qps']:.2f} QPS; closed loop sent {achieved:.2f} QPS")
+    assert achieved < 0.85 * target
+
+
+def test_a_starved_generator_is_invalid_not_failed(cards: list[str], plan_path: Path) -> None:
+    run = _locust(
+        "--host", cards[3], "--plan", str(plan_path), "--target-qps", "3000",
+        "--warmup", "1s", "--cooldown", "1s", seconds=6,
+    )  # fmt: skip
+    print(run.stdout[-1500:])
+    assert run.returncode == INVALID, run.stdout + run.stderr
+    assert "INVALID" in run.stdout
+
+
+def test_distributed_run_gives_one_verdict(
+    cards: list[str], plan_path: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "s.json"
+    base = [str(BIN / "locust"), "-f", "loadtest/qps.py"]
+    workers = [
+        subprocess.Popen(
+            [*base, "--worker"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        for _ in range(2)
+    ]
+    try:
+        run = _locust(
+            "--master", "--expect-workers", "2", "-u", "2", "-r", "2", "--host", cards[4],
+            "--plan", str(plan_path), "--warmup", "3s", "--cooldown", "4s",
+            "--summary-json", str(out), seconds=14,
+        )  # fmt: skip
+    finally:
+        for w in workers:
+            w.wait(timeout=30)
+    print(run.stdout[-1500:])
+    assert run.returncode == PASS, run.stdout + run.stderr
+    assert _summary(out)["sent_qps"] == pytest.approx(WORKLOAD.target_qps, rel=0.05)
+
+
+def test_bad_options_name_the_flag(plan_path: Path) -> None:
+    for args, flag in (
+        (["--plan", str(plan_path), "--target-qps", "-1"], "--target-qps"),
+        (["--plan", str(plan_path), "--ttft-slo", "soon"], "--ttft-slo"),
+        (["--model", "m", "--target-qps", "1"], "--ttft-slo"),
+        (["--plan", "missing.yaml"], "--plan"),
+    ):
+        run = _locust("--host", "http://127.0.0.1:9", *args, seconds=5)
+        assert run.returncode == 2, run.stderr
+        assert f"error: {flag}:" in run.stderr, run.stderr
+
+
+# -- TTFT is the first content token, not the headers ---------------------------------------------
+
+PREFILL_S = 0.3
+
+
+async def _slow_prefill(request: web.Request) -> web.StreamResponse:
+    """Headers and a role chunk at once, the first content token PREFILL_S later."""
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+
+    async def send(payload: dict) -> None:
+        await resp.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
+
+    await send({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+    await asyncio.sleep(PREFILL_S)
+    for _ in range(10):
+        await send({"choices": [{"index": 0, "delta": {"content": "tok"}}]})
+        await asyncio.sleep(0.01)
+    await send({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 10}})
+    await resp.write(b"data: [DONE]\n\n")
+    return resp
+
+
+@pytest.mark.asyncio
+async def test_ttft_is_timed_at_the_first_content_token(tmp_path: Path) -> None:
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", _slow_prefill)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    records = tmp_path / "records.csv"
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            str(BIN / "locust"), "-f", "loadtest/qps.py", "--headless", "-t", "6s",
+            "--only-summary", "--host", f"http://{host}:{port}", "--model", "m",
+            "--target-qps", "5", "--ttft-slo", "1s", "--warmup", "0s", "--cooldown", "1s",
+            "--records-csv", str(records),
+            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        await runner.cleanup()
+    assert proc.returncode == PASS, out.decode() + err.decode()
+    with records.open() as f:
+        ttfts = sorted(float(row["ttft_s"]) for row in csv.DictReader(f) if not row["error"])
+    median = ttfts[len(ttfts) // 2]
+    print(
+        f"{len(ttfts)} requests, TTFT median {median * 1e3:.1f} ms for a {PREFILL_S * 1e3:.0f} ms prefill"
+    )
+    assert len(ttfts) >= 20
+    assert PREFILL_S <= median <= PREFILL_S + 0.010
