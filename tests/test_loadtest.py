@@ -209,7 +209,7 @@ def test_open_loop_holds_the_rate_where_closed_loop_falls_behind(
     cards: list[str], plan_path: Path, tmp_path: Path
 ) -> None:
     """1.6x the card's capacity: latency grows without bound. qps.py still offers the target
-    (and fails the fleet); stock constant_throughput users wait for their answers and fall behind."""
+    (and fails the fleet); stock constant_throughput users wait for answers and fall behind."""
     target = 20.0
     out = tmp_path / "s.json"
     run = _locust(
@@ -330,7 +330,8 @@ async def test_ttft_is_timed_at_the_first_content_token(tmp_path: Path) -> None:
         ttfts = sorted(float(row["ttft_s"]) for row in csv.DictReader(f) if not row["error"])
     median = ttfts[len(ttfts) // 2]
     print(
-        f"{len(ttfts)} requests, TTFT median {median * 1e3:.1f} ms for a {PREFILL_S * 1e3:.0f} ms prefill"
+        f"{len(ttfts)} requests, TTFT median {median * 1e3:.1f} ms "
+        f"for a {PREFILL_S * 1e3:.0f} ms prefill"
     )
     assert len(ttfts) >= 20
     assert PREFILL_S <= median <= PREFILL_S + 0.010
