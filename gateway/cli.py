@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--seed", type=int, default=0, help="card i draws its faults from seed + i")
     add_serve_parser(sub)
+    add_render_parser(sub)
     show = sub.add_parser("show", help="validate a plan file and print its report")
     show.add_argument("plan", type=Path)
     return p
@@ -163,6 +164,25 @@ def add_serve_parser(sub: Any) -> None:
     serve.add_argument("--listen", help="host:port (default: the config's, or 127.0.0.1:8080)")
     serve.add_argument(
         "--workers", type=positive(int), default=1, help="processes sharing the port (SO_REUSEPORT)"
+    )
+
+
+def add_render_parser(sub: Any) -> None:
+    render = sub.add_parser(
+        "render",
+        help="deploy files from a plan: Compose, nginx, Kubernetes, engine commands, monitoring",
+        description="Write the files that turn a plan into a running, watched fleet.",
+    )
+    render.add_argument("plan", type=Path, help="fleet.yaml")
+    render.add_argument("-o", "--output", type=Path, default=Path("deploy"), help="a directory")
+    render.add_argument(
+        "--sim", action="store_true", help="Compose runs simulated cards; real engines in `gpu`"
+    )
+    render.add_argument(
+        "--replicas", type=positive(int), help="render this many replicas (a demo on one host)"
+    )
+    render.add_argument(
+        "--only", action="append", default=[], metavar="PATH", help="write only these files/dirs"
     )
 
 
@@ -413,6 +433,44 @@ def _serve_config(args: argparse.Namespace, *, env: Any) -> Any:
     return gwconfig.from_plan(plan, urls=urls, listen=args.listen or "127.0.0.1:8080")
 
 
+def cmd_render(args: argparse.Namespace, catalog: Catalog) -> int:
+    from gateway.render.bundle import render_all
+    from gateway.render.errors import RenderError
+    from gateway.render.fleet import scaled
+
+    plan = planfile.load(_read(args.plan))
+    try:
+        files = render_all(
+            scaled(plan, args.replicas) if args.replicas else plan,
+            sim=args.sim,
+            source=_build_context(args.output),
+        )
+    except RenderError as e:
+        print(f"cardinal render: error: {e.field}: {e}", file=sys.stderr)
+        return 2
+    only = [o.rstrip("/") for o in args.only]
+    for rel, text in files.items():
+        if only and not any(rel == o or rel.startswith(o + "/") for o in only):
+            continue
+        path = args.output / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        if rel.endswith(".sh"):
+            path.chmod(0o755)
+        print(f"wrote {path}")
+    return 0
+
+
+def _build_context(output: Path) -> str:
+    """The repository (where the cardinal image is built from), relative to the output dir."""
+    import os
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "pyproject.toml").exists():  # installed, not a checkout: build from the output
+        return "."
+    return os.path.relpath(root, output.resolve())
+
+
 def _sim_card(args: argparse.Namespace, catalog: Catalog) -> tuple[str, Card, int]:
     """(served model name, card, replicas) from --plan or from --model/--quant/--gpu."""
     from gateway.sim.card import card_from_catalog, card_from_plan
@@ -469,6 +527,7 @@ COMMANDS = {
     "show": cmd_show,
     "sim": cmd_sim,
     "serve": cmd_serve,
+    "render": cmd_render,
 }
 
 

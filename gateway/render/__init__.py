@@ -1,0 +1,1 @@
+"""Plan -> deploy files: pure `render_x(plan) -> str` functions, one module per kind of file."""
