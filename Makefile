@@ -8,11 +8,15 @@ STAMP  := $(VENV)/.installed
 DEMO_PLAN := --model deepseek-r1-distill-qwen-32b --quant awq --gpu a100-80gb-sxm --engine vllm \
 	--target-qps 75 --prompt-tokens 512 --output-tokens 256 --ttft-slo 2s --tpot-slo 50ms
 
+# The top-level docker-compose.yml and monitoring/ are this plan rendered on FLEET_CARDS simulated
+# cards (one small host); `make fleet-files` writes them, a test fails when they drift.
+FLEET_CARDS := 4
+
 # System servers the tests and the benchmark run for real (Debian packages).
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SYSTEM := nginx prometheus promtool
 
-.PHONY: demo test bench accuracy seeds docs lint clean system
+.PHONY: demo test bench accuracy seeds docs lint clean system fleet-files
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +49,11 @@ seeds: $(STAMP)
 	$(BIN)/cardinal seeds -o docs/seeds.md
 
 docs: accuracy seeds
+
+fleet-files: $(STAMP)
+	$(BIN)/cardinal plan $(DEMO_PLAN) -o $(VENV)/demo-fleet.yaml >/dev/null
+	$(BIN)/cardinal render $(VENV)/demo-fleet.yaml --sim --replicas $(FLEET_CARDS) \
+		--only docker-compose.yml --only monitoring -o .
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway tests

@@ -238,7 +238,7 @@ def alert_rules() -> list[dict[str, Any]]:
             "GatewayHeadroomLow",
             "gateway:capacity_headroom:ratio < scalar(gateway:plan_headroom_alert:ratio)",
             "10m", "ticket",
-            "capacity headroom is {{ $value | humanizePercentage }}",
+            "capacity headroom is below half of what the plan reserved",
             "Observed QPS has used more than half of the spare capacity the plan reserved.",
         ),
     ]  # fmt: skip
