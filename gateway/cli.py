@@ -141,6 +141,25 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=0, help="card i draws its faults from seed + i")
     add_serve_parser(sub)
     add_render_parser(sub)
+    prove = sub.add_parser(
+        "prove",
+        help="prove a plan: its cards and gateway under the Locust scenario, with a verdict",
+        description="Start the plan's replicas as simulated cards (or use --backends / --gateway), "
+        "start the gateway, run loadtest/qps.py at the target rate and print the verdict. "
+        "Exit 0: the plan holds; 1: it does not; 2: the run could not judge it.",
+    )
+    prove.add_argument("plan", type=Path, help="fleet.yaml")
+    prove.add_argument("--duration", type=duration, default=60.0, help="of each Locust run")
+    prove.add_argument("--target-qps", type=positive(float), help="instead of the plan's")
+    prove.add_argument("--cards", type=positive(int), help="instead of the plan's replicas")
+    prove.add_argument("--backends", nargs="+", metavar="URL", help="real engines instead of sims")
+    prove.add_argument("--gateway", metavar="URL", help="an already running gateway")
+    prove.add_argument("--sweep", action="store_true", help="search the highest passing rate")
+    prove.add_argument(
+        "--check-minimal", action="store_true", help="also show that one card fewer fails"
+    )
+    prove.add_argument("--report", type=Path, default=Path("report"), help="report directory")
+    prove.add_argument("--tokens-per-event", type=positive(int), default=4)
     show = sub.add_parser("show", help="validate a plan file and print its report")
     show.add_argument("plan", type=Path)
     return p
@@ -519,6 +538,32 @@ def _read(path: Path) -> str:
         raise PlanError(f"cannot read {path}: {e.strerror}", field="plan") from None
 
 
+def cmd_prove(args: argparse.Namespace, catalog: Catalog) -> int:
+    from gateway.prove.fleet import FleetError
+    from gateway.prove.proof import ProveOptions, prove
+
+    if args.gateway and args.backends:
+        raise PlanError("give --gateway or --backends, not both", field="gateway")
+    _read(args.plan)
+    options = ProveOptions(
+        plan_path=args.plan,
+        report=args.report,
+        duration_s=args.duration,
+        target_qps=args.target_qps,
+        cards=args.cards,
+        backends=tuple(args.backends or ()),
+        gateway=args.gateway,
+        sweep=args.sweep,
+        check_minimal=args.check_minimal,
+        tokens_per_event=args.tokens_per_event,
+    )
+    try:
+        return prove(options, say=lambda line: print(line, flush=True))
+    except FleetError as e:
+        print(f"cardinal prove: error: {e}", file=sys.stderr)
+        return 2
+
+
 COMMANDS = {
     "plan": cmd_plan,
     "catalog": cmd_catalog,
@@ -526,6 +571,7 @@ COMMANDS = {
     "seeds": cmd_seeds,
     "show": cmd_show,
     "sim": cmd_sim,
+    "prove": cmd_prove,
     "serve": cmd_serve,
     "render": cmd_render,
 }

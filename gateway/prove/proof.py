@@ -1,0 +1,168 @@
+"""`cardinal prove fleet.yaml`: start the plan's cards and the gateway, drive them with the Locust
+scenario at the target rate, and say whether the plan holds (exit 0), does not (1) or could not be
+judged (2)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway import planfile
+from gateway.prove.binding import binding_constraint
+from gateway.prove.fleet import gateway, lagging, sim_cards
+from gateway.prove.report import write_report
+from gateway.prove.trial import Trial, run_trial, wait_idle
+
+SWEEP_STEP = 1.25  # bracket the capacity in steps of 25 %
+SWEEP_PRECISION = 0.05  # then bisect to 5 %
+SWEEP_TRIALS = 8
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProveOptions:
+    plan_path: Path
+    report: Path
+    duration_s: float = 60.0
+    target_qps: float | None = None
+    cards: int | None = None
+    backends: tuple[str, ...] = ()
+    gateway: str | None = None
+    sweep: bool = False
+    check_minimal: bool = False
+    tokens_per_event: int = 4
+
+
+def prove(o: ProveOptions, *, say: Callable[[str], None] = print) -> int:
+    plan = planfile.load(o.plan_path.read_text(encoding="utf-8"))
+    if plan["fit"]["kind"] == "none":
+        raise planfile.PlanFileError("the plan does not fit; nothing to prove", field="fit.kind")
+    target = o.target_qps or plan["inputs"]["workload"]["target_qps"]
+    n = o.cards or len(o.backends) or plan["fleet"]["replicas"]
+    o.report.mkdir(parents=True, exist_ok=True)
+    seqs = (plan.get("engine_settings") or {}).get("max_num_seqs")
+    with ExitStack() as stack:
+        urls, logs = _fleet(stack, o, n)
+        gw = o.gateway or stack.enter_context(
+            gateway(o.plan_path, backends=urls, log=o.report / "gateway.log")
+        )
+        say(f"proving {target:g} QPS on {n} card(s) behind {gw} ({o.duration_s:.0f} s)")
+
+        def run(name: str, qps: float, gw_url: str, cards: list[str]) -> Trial:
+            if cards:
+                wait_idle(gw_url, cards)
+            trial = run_trial(
+                name=name,
+                plan_path=o.plan_path,
+                gateway=gw_url,
+                cards=cards,
+                target_qps=qps,
+                duration_s=o.duration_s,
+                out_dir=o.report,
+                progress=say,
+            )
+            say(f"{name} at {qps:.2f} QPS on {len(cards) or n} card(s): {trial.verdict['label']}")
+            return trial
+
+        main = run("proof", target, gw, urls)
+        say(main.table)
+        binding = binding_constraint(main, max_num_seqs=seqs)
+        say(f"binding constraint: {binding}")
+        minimal = _minimal(stack, o, run, target, urls, say) if o.check_minimal else None
+        sweep = _sweep(lambda q: run(f"sweep-{q:.2f}", q, gw, urls), target) if o.sweep else []
+        invalid = lagging(logs)
+    code = _outcome(main, minimal, say)
+    if sweep:
+        _report_sweep(sweep, plan, n, say)
+    if invalid:
+        say("INVALID: a simulator fell behind real time (see its log); the figures are void")
+        code = 2
+    page = write_report(
+        o.report, plan=plan, main=main, binding=binding, sweep=sweep, minimal=minimal
+    )
+    say(f"report: {page}")
+    return code
+
+
+def _fleet(stack: ExitStack, o: ProveOptions, n: int) -> tuple[list[str], list[Path]]:
+    """The cards' URLs (started here unless given) and the simulators' logs."""
+    if o.backends:
+        return list(o.backends), []
+    if o.gateway:
+        return [], []
+    cards = stack.enter_context(
+        sim_cards(o.plan_path, cards=n, tokens_per_event=o.tokens_per_event, logs=o.report)
+    )
+    return cards.urls, cards.logs
+
+
+def _minimal(
+    stack: ExitStack,
+    o: ProveOptions,
+    run: Callable[[str, float, str, list[str]], Trial],
+    target: float,
+    urls: list[str],
+    say: Callable[[str], None],
+) -> Trial | None:
+    if len(urls) < 2:
+        say("--check-minimal: needs at least two cards that this run started or was given")
+        return None
+    fewer = urls[:-1]
+    gw = stack.enter_context(gateway(o.plan_path, backends=fewer, log=o.report / "gateway-1.log"))
+    trial = run("minus-one", target, gw, fewer)
+    say(trial.table)
+    return trial
+
+
+def _outcome(main: Trial, minimal: Trial | None, say: Callable[[str], None]) -> int:
+    if minimal is None or not main.passed:
+        return main.code
+    if minimal.passed:
+        say(f"plan is padded: {minimal.cards} card(s) also meet the target")
+        return 1
+    if minimal.code == 2:
+        say(f"{minimal.cards} card(s): INVALID, so minimality is not shown")
+        return 2
+    say(
+        f"minimal: {main.cards} cards pass and {minimal.cards} fail, so the plan is neither short "
+        "nor padded"
+    )
+    return 0
+
+
+def _sweep(run: Callable[[float], Trial], start: float) -> list[Trial]:
+    """Highest passing rate: bracket in steps of SWEEP_STEP, then bisect geometrically."""
+    trials: list[Trial] = []
+
+    def passes(q: float) -> bool:
+        trials.append(run(q))
+        return trials[-1].passed
+
+    lo, hi = (start, math.inf) if passes(start) else (0.0, start)
+    while len(trials) < SWEEP_TRIALS and (math.isinf(hi) or lo == 0):
+        q = lo * SWEEP_STEP if math.isinf(hi) else hi / SWEEP_STEP
+        lo, hi = (q, hi) if passes(q) else (lo, q)
+    while len(trials) < SWEEP_TRIALS and lo and hi / lo > 1 + SWEEP_PRECISION:
+        q = math.sqrt(lo * hi)
+        lo, hi = (q, hi) if passes(q) else (lo, q)
+    return trials
+
+
+def highest_passing(trials: list[Trial]) -> float:
+    return max((t.target_qps for t in trials if t.passed), default=0.0)
+
+
+def _report_sweep(
+    trials: list[Trial], plan: dict[str, Any], n: int, say: Callable[[str], None]
+) -> None:
+    best = highest_passing(trials)
+    per_card = best / n
+    planned = plan["replica"]["capacity_qps"]
+    gap = f" ({per_card / planned - 1:+.0%})" if planned else ""
+    say(
+        f"sweep: highest passing rate {best:.2f} QPS on {n} card(s) = {per_card:.2f} QPS per card; "
+        f"the plan says {planned} per replica{gap}"
+    )

@@ -1,0 +1,170 @@
+"""One Locust run of `loadtest/qps.py` against a gateway, watched while it runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+import loadtest
+
+QPS_LOCUSTFILE = Path(loadtest.__file__).with_name("qps.py")
+SAMPLE_EVERY_S = 2.0
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What the gateway and the cards said at one moment of the run."""
+
+    t: float  # seconds since the run started
+    requests: float  # gateway_requests_total, all codes
+    by_backend: dict[str, float]
+    inflight: float
+    queued: float
+    waiting: list[float]  # vllm:num_requests_waiting per card
+    running: list[float]  # vllm:num_requests_running per card
+
+
+@dataclass
+class Trial:
+    name: str
+    target_qps: float
+    cards: int
+    code: int
+    verdict: dict[str, Any]
+    settings: dict[str, Any]
+    records_csv: Path
+    table: str  # the verdict table qps.py printed
+    samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.code == 0
+
+
+def metrics(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """name -> [(labels, value)] from a /metrics page (empty when it cannot be read)."""
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, []).append((s.labels, s.value))
+    return out
+
+
+def total(m: dict[str, list[tuple[dict[str, str], float]]], name: str) -> float:
+    return sum(v for _, v in m.get(name, []))
+
+
+def sample(gateway: str, cards: list[str], t: float) -> Sample:
+    g = metrics(gateway)
+    by_backend: dict[str, float] = {}
+    for labels, v in g.get("gateway_requests_total", []):
+        by_backend[labels.get("backend", "")] = by_backend.get(labels.get("backend", ""), 0) + v
+    per_card = [metrics(c) for c in cards]
+    return Sample(
+        t=t,
+        requests=total(g, "gateway_requests_total"),
+        by_backend=by_backend,
+        inflight=total(g, "gateway_inflight_requests"),
+        queued=total(g, "gateway_queue_depth"),
+        waiting=[total(m, "vllm:num_requests_waiting") for m in per_card],
+        running=[total(m, "vllm:num_requests_running") for m in per_card],
+    )
+
+
+def run_trial(
+    *,
+    name: str,
+    plan_path: Path,
+    gateway: str,
+    cards: list[str],
+    target_qps: float,
+    duration_s: float,
+    out_dir: Path,
+    progress: Callable[[str], None],
+) -> Trial:
+    """Run qps.py headless at `target_qps` for `duration_s`; sample the fleet every 2 s."""
+    summary, records = out_dir / f"{name}.summary.json", out_dir / f"{name}.records.csv"
+    argv = [str(Path(sys.executable).with_name("locust")), "-f", str(QPS_LOCUSTFILE)]
+    argv += ["--headless", "--only-summary", "--host", gateway, "-t", f"{round(duration_s)}s"]
+    argv += ["--plan", str(plan_path), "--target-qps", f"{target_qps:g}"]
+    argv += ["--summary-json", str(summary), "--records-csv", str(records)]
+    samples: list[Sample] = []
+    with (out_dir / f"{name}.locust.log").open("w") as log:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True)
+        watcher = threading.Thread(
+            target=_watch, args=(proc, gateway, cards, samples, duration_s, progress), daemon=True
+        )
+        watcher.start()
+        out, _ = proc.communicate()
+        watcher.join(timeout=5)
+        log.write(out)
+    if not summary.exists():
+        raise RuntimeError(f"Locust wrote no verdict (exit {proc.returncode}); see {log.name}")
+    data = json.loads(summary.read_text())
+    table = out[out.find("Cardinal verdict") :].split("\n[")[0].rstrip()
+    return Trial(
+        name=name,
+        target_qps=target_qps,
+        cards=len(cards),
+        code=proc.returncode,
+        verdict=data["verdict"],
+        settings=data["settings"],
+        records_csv=records,
+        table=table,
+        samples=samples,
+    )
+
+
+def _watch(
+    proc: subprocess.Popen[str],
+    gateway: str,
+    cards: list[str],
+    samples: list[Sample],
+    duration_s: float,
+    progress: Callable[[str], None],
+) -> None:
+    t0 = time.monotonic()
+    last_print = 0.0
+    while proc.poll() is None:
+        time.sleep(SAMPLE_EVERY_S)
+        s = sample(gateway, cards, time.monotonic() - t0)
+        prev = samples[-1] if samples else None
+        samples.append(s)
+        if prev and s.t - last_print >= 5:
+            last_print = s.t
+            rate = (s.requests - prev.requests) / (s.t - prev.t)
+            progress(
+                f"  {s.t:4.0f}/{duration_s:.0f} s  done {rate:6.2f} QPS"
+                f"  in flight {s.inflight:4.0f}"
+                f"  gateway queue {s.queued:3.0f}  card batch {_mean(s.running):5.1f}"
+                f"  card queue {_mean(s.waiting):5.1f}"
+            )
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def wait_idle(gateway: str, cards: list[str], *, timeout_s: float = 120) -> None:
+    """Let the backlog of an overloaded trial drain before the next one starts."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        s = sample(gateway, cards, 0)
+        if s.inflight == 0 and not any(s.waiting) and not any(s.running):
+            return
+        time.sleep(0.5)
