@@ -9,6 +9,20 @@ from gateway.render import yamltext
 from gateway.render.fleet import ENGINE_PORT, GATEWAY_PORT, fleet_from_plan
 
 RULE_FILES = ("rules/*.yml",)
+# prometheus_client (0.26, which vLLM also uses) writes `vllm:x` samples as `vllm_x` when Prometheus
+# asks for OpenMetrics, as it does first; renaming them back keeps vLLM's and llama.cpp's
+# documented names, which the rules and dashboards use, whichever format a target answered in.
+ENGINE_NAMES = {
+    "metric_relabel_configs": [
+        {
+            "source_labels": ["__name__"],
+            "regex": f"({engine})_(.+)",
+            "target_label": "__name__",
+            "replacement": "${1}:${2}",
+        }
+        for engine in ("vllm", "llamacpp")
+    ]
+}
 
 
 def render_prometheus_config(
@@ -30,7 +44,7 @@ def render_prometheus_config(
         "rule_files": list(rule_files),
         "scrape_configs": [
             _job("gateway", gateways, GATEWAY_PORT, static=static),
-            _job("engines", engines, ENGINE_PORT, static=static),
+            {**_job("engines", engines, ENGINE_PORT, static=static), **ENGINE_NAMES},
         ],
     }
     header = (
