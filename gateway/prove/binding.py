@@ -18,7 +18,7 @@ def binding_constraint(trial: Trial, *, max_num_seqs: int | None) -> str:
     waiting = _mean([sum(x.waiting) / max(len(x.waiting), 1) for x in busy])
     queued = _mean([x.queued for x in busy])
     batch = _mean([sum(x.running) / max(len(x.running), 1) for x in busy])
-    growing = any(c["name"] == "in-flight growth" and not c["ok"] for c in v.get("checks", []))
+    growing = any(c["name"] == "queue not growing" and not c["ok"] for c in v.get("checks", []))
     cap = f" of max_num_seqs {max_num_seqs}" if max_num_seqs else ""
     if growing or waiting > 1 or queued > 1:
         return (

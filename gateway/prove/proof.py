@@ -72,7 +72,8 @@ def prove(o: ProveOptions, *, say: Callable[[str], None] = print) -> int:
         binding = binding_constraint(main, max_num_seqs=seqs)
         say(f"binding constraint: {binding}")
         minimal = _minimal(stack, o, run, target, urls, say) if o.check_minimal else None
-        sweep = _sweep(lambda q: run(f"sweep-{q:.2f}", q, gw, urls), target) if o.sweep else []
+        start = (plan["replica"]["capacity_qps"] or target / n) * n  # search around the plan
+        sweep = _sweep(lambda q: run(f"sweep-{q:.2f}", q, gw, urls), start) if o.sweep else []
         invalid = lagging(logs)
     code = _outcome(main, minimal, say)
     if sweep:
