@@ -5,8 +5,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-DEMO_PLAN := --model deepseek-r1-distill-qwen-32b --quant awq --gpu a100-80gb-sxm --engine vllm \
-	--target-qps 75 --prompt-tokens 512 --output-tokens 256 --ttft-slo 2s --tpot-slo 50ms
+DEMO_PLAN := --model deepseek-r1-distill-qwen-7b --quant awq --gpu l4 --engine vllm \
+	--target-qps 15 --prompt-tokens 512 --output-tokens 128 --ttft-slo 2s --tpot-slo 50ms \
+	--headroom 10%
 
 # The top-level docker-compose.yml and monitoring/ are this plan rendered on FLEET_CARDS simulated
 # cards (one small host); `make fleet-files` writes them, a test fails when they drift.
@@ -26,6 +27,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/cardinal plan $(DEMO_PLAN) -o fleet.yaml
+	$(BIN)/cardinal prove fleet.yaml --check-minimal --report report
 
 system:
 	@missing=; for t in $(SYSTEM); do PATH="$$PATH:/usr/sbin" command -v $$t >/dev/null || missing=1; done; \

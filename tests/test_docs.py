@@ -137,5 +137,6 @@ def test_makefile_demo_plan_is_the_readme_example() -> None:
     demo = re.search(r"DEMO_PLAN := (.*?)\n\n", make, flags=re.S)
     assert demo is not None
     flags = shlex.split(demo.group(1).replace("\\\n", " "))
-    assert flags[:2] == ["--model", "deepseek-r1-distill-qwen-32b"]
-    assert any(shlex.split(c)[2:] == flags for c in _readme_commands())
+    assert flags[:2] == ["--model", "deepseek-r1-distill-qwen-7b"]  # a DeepSeek scenario
+    assert "$(BIN)/cardinal plan $(DEMO_PLAN) -o fleet.yaml" in make
+    assert any(shlex.split(c)[2:] == [*flags, "-o", "fleet.yaml"] for c in _readme_commands())
