@@ -39,10 +39,11 @@ def planner() -> None:
 
 
 def main() -> None:
-    from tests import bench_sim
+    from tests import bench_gateway, bench_sim
 
     planner()
     bench_sim.main()
+    bench_gateway.main([])
 
 
 if __name__ == "__main__":
