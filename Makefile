@@ -17,7 +17,7 @@ FLEET_CARDS := 4
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SYSTEM := nginx prometheus promtool
 
-.PHONY: demo test bench accuracy seeds docs lint clean system fleet-files
+.PHONY: demo test bench accuracy seeds docs lint clean system fleet-files llama-server
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,7 +38,12 @@ system:
 			nginx-light prometheus >/dev/null; \
 	fi
 
-test: $(STAMP) system
+# The real llama.cpp server the engine tests run: built from source once (about 10 minutes on
+# 2 cores), cached under $${XDG_CACHE_HOME:-~/.cache}/cardinal/llama.cpp, never rebuilt after.
+llama-server: $(STAMP)
+	$(BIN)/python -m tests.llama_server
+
+test: $(STAMP) system llama-server
 	$(BIN)/python -m pytest
 
 bench: $(STAMP) system

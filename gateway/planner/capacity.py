@@ -124,7 +124,9 @@ def size_fleet(
     limited_by = "headroom"
     slack = (wl.ttft_slo_s - rep.prefill_s) / service
     rho_ttft = 2 * slack / (1 + 2 * slack) if slack > 0 else 0.05
-    if rho_ttft < util and not rep.problem:
+    # A given capacity (speed None: measured or claimed) is already the rate at which the SLOs
+    # hold, queueing included, so only the headroom applies: the seeds' ceil(target / per-card QPS).
+    if speed is not None and rho_ttft < util and not rep.problem:
         util, limited_by = max(rho_ttft, 0.05), "ttft_slo"
     replicas = max(1, math.ceil(target / (rep.capacity_qps * util) - 1e-9))
     rho = target / (replicas * rep.capacity_qps)
