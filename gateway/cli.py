@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import yaml
 
 from gateway import planfile
+from gateway.cli_search import add_search_arguments, check_flags, cmd_search
 from gateway.planner.accuracy import check_all, render_table, summary
 from gateway.planner.capacity import Workload
 from gateway.planner.catalog import Catalog, Model, load_catalog, model_from_hf_config
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     plan = sub.add_parser("plan", help="size a fleet: memory fit, per-card capacity, cards, cost")
     add_plan_arguments(plan)
+    add_search_arguments(plan, positive=positive)
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.add_argument("-o", "--output", type=Path, help="write the plan file (fleet.yaml)")
     cat = sub.add_parser("catalog", help="list the models, quantizations, GPUs and engines")
@@ -211,8 +213,12 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--model-config", type=Path, help="a Hugging Face config.json for any other model"
     )
-    g.add_argument("--quant", required=True, help="quantization id, e.g. awq, fp8, q4_k_m")
-    g.add_argument("--gpu", required=True, help="GPU id or alias, e.g. a100-80gb-sxm, 4090")
+    g.add_argument(
+        "--quant", help="quantization id, e.g. awq, fp8, q4_k_m (with --search: a filter)"
+    )
+    g.add_argument(
+        "--gpu", help="GPU id or alias, e.g. a100-80gb-sxm, 4090 (with --search: a filter)"
+    )
     g.add_argument("--engine", help="vllm or llama.cpp (default: from the quantization's format)")
     w = p.add_argument_group("workload")
     w.add_argument("--target-qps", type=positive(float), required=True)
@@ -262,6 +268,9 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
 def request_from_args(args: argparse.Namespace, catalog: Catalog) -> PlanRequest:
     if bool(args.model) == bool(args.model_config):
         raise PlanError("give exactly one of --model and --model-config", field="model")
+    for name in ("quant", "gpu"):
+        if not getattr(args, name):
+            raise PlanError(f"--{name} is required (or try them all with --search)", field=name)
     wl = Workload(
         prompt_tokens=args.prompt_tokens,
         output_tokens=args.output_tokens,
@@ -307,6 +316,12 @@ def _model_from_file(path: Path) -> Model:
 
 
 def cmd_plan(args: argparse.Namespace, catalog: Catalog) -> int:
+    check_flags(args)
+    if args.search:
+        if bool(args.model) == bool(args.model_config):
+            raise PlanError("give exactly one of --model and --model-config", field="model")
+        model = catalog.model(args.model) if args.model else _model_from_file(args.model_config)
+        return cmd_search(args, catalog, model=model)
     plan = make_plan(request_from_args(args, catalog), catalog)
     data = plan.to_dict()
     if args.model_config:

@@ -195,6 +195,11 @@ def speed_model(req: PlanRequest, w: Weights, fit: Fit) -> SpeedModel:
     )
 
 
+def plan_for_fit(req: PlanRequest, w: Weights, fit: Fit) -> Plan:
+    """The plan for one given placement (make_plan keeps only the one with the fewest GPUs)."""
+    return _plan_for_fit(req, w, fit)
+
+
 def _plan_for_fit(req: PlanRequest, w: Weights, fit: Fit) -> Plan:
     wl = req.workload
     speed = speed_model(req, w, fit)
