@@ -72,7 +72,10 @@ def read_prices(path: Path, catalog: Catalog) -> dict[str, Price]:
     except OSError as e:
         raise PlanError(f"cannot read {path}: {e.strerror}", field="prices") from None
     except yaml.YAMLError as e:
-        raise PlanError(f"{path} is not valid YAML: {e}", field="prices") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or "parse error"
+        raise PlanError(f"{path} is not valid YAML{where}: {problem}", field="prices") from None
     return prices_from_dict(raw, catalog)
 
 
