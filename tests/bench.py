@@ -8,6 +8,7 @@ from gateway.planner.accuracy import check_all
 from gateway.planner.capacity import Workload
 from gateway.planner.catalog import Catalog, load_catalog
 from gateway.planner.plan import make_plan, request_for
+from gateway.planner.search import search
 
 
 def _plans(catalog: Catalog, gpus: list[str]) -> int:
@@ -36,6 +37,24 @@ def planner() -> None:
     t_acc = time.perf_counter() - t0
     print(f"plans: {n} in {t_plans:.2f} s = {t_plans / n * 1e3:.1f} ms per plan")
     print(f"accuracy check: {len(checks)} reference rows in {t_acc:.2f} s")
+    _search(catalog)
+
+
+def _search(catalog: Catalog) -> None:
+    """`plan --search` over the whole catalog, for every model: the slowest must stay < 2 s."""
+    wl = Workload(
+        prompt_tokens=512, output_tokens=256, target_qps=75, ttft_slo_s=2, tpot_slo_s=0.05
+    )
+    times = {}
+    for model in catalog.models.values():
+        t0 = time.perf_counter()
+        result = search(catalog, model=model, workload=wl)
+        times[model.id] = time.perf_counter() - t0
+    slowest = max(times, key=lambda k: times[k])
+    print(
+        f"search: {result.combinations} combinations per model, whole catalog; slowest "
+        f"{slowest} {times[slowest]:.2f} s, median {sorted(times.values())[len(times) // 2]:.2f} s"
+    )
 
 
 def main() -> None:
