@@ -15,7 +15,7 @@ FLEET_CARDS := 4
 
 # System servers the tests and the benchmark run for real (Debian packages).
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-SYSTEM := nginx prometheus promtool
+SYSTEM := nginx prometheus promtool ab
 
 .PHONY: demo test bench accuracy seeds docs lint clean system fleet-files llama-server
 
@@ -35,7 +35,7 @@ system:
 		echo "installing nginx and prometheus (Debian packages)"; \
 		$(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			nginx-light prometheus >/dev/null; \
+			nginx-light prometheus apache2-utils >/dev/null; \
 	fi
 
 # The real llama.cpp server the engine tests run: built from source once (about 10 minutes on

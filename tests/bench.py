@@ -58,11 +58,12 @@ def _search(catalog: Catalog) -> None:
 
 
 def main() -> None:
-    from tests import bench_gateway, bench_sim
+    from tests import bench_gateway, bench_scaling, bench_sim
 
     planner()
     bench_sim.main()
     bench_gateway.main([])
+    bench_scaling.main([])
 
 
 if __name__ == "__main__":
