@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 
@@ -263,3 +265,11 @@ def test_prices_file_errors_name_the_field(raw: object, words: str) -> None:
     with pytest.raises(PlanError) as e:
         prices_from_dict(raw, CATALOG)
     assert words in str(e.value) and e.value.field == "prices"
+
+
+def test_seeds_doc_has_the_75_qps_comparison() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs/seeds.md").read_text(encoding="utf-8")
+    assert "## Seed 002 revisited: which fleet is cheapest for 75 QPS" in text
+    for fleet, usd in (("6 x a100-80gb-sxm", "13,200"), ("4 x h100-sxm", "30,758")):
+        assert re.search(rf"\| {fleet} \| \${usd}/month \| \$[0-9,]+/month \| .*QPS per card", text)
+    assert re.search(r"R1-Distill-Qwen-32B: at the seed's prices on A100/H100, \d+ x \S+", text)
