@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from gateway.planner.capacity import Workload
 from gateway.planner.catalog import load_catalog
 from gateway.planner.plan import make_plan, request_for
 from gateway.planner.report import plan_dict
+from gateway.prove.fleet import free_ports, wait_ready
 
 CARDINAL = Path(sys.executable).with_name("cardinal")
 MODEL = "deepseek-r1-distill-qwen-7b"
@@ -41,25 +41,6 @@ def _plan_file(directory: Path) -> tuple[Path, float]:
     path = directory / "fleet.yaml"
     path.write_text(planfile.dump(plan_dict(plan)))
     return path, plan.replica.capacity_qps
-
-
-def _free_ports(n: int) -> int:
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n < 65535 and all(_free(base + i) for i in range(n)):
-            return base
-    raise RuntimeError(f"no {n} consecutive free ports")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _lag_buckets(url: str) -> tuple[float, float]:
@@ -103,7 +84,7 @@ async def _drive(urls: list[str], qps: float, seconds: float) -> tuple[int, int]
 
 def trial(plan: Path, qps: float, cards: int, tokens_per_event: int) -> tuple[float, float]:
     """(share of wake-ups later than 5 ms, streamed tokens/s per card) for `cards` cards."""
-    port = _free_ports(cards)
+    port = free_ports(cards)
     proc = subprocess.Popen(
         [str(CARDINAL), "sim", "--plan", str(plan), "--cards", str(cards), "--port", str(port)]
         + ["--tokens-per-event", str(tokens_per_event)],
@@ -112,7 +93,7 @@ def trial(plan: Path, qps: float, cards: int, tokens_per_event: int) -> tuple[fl
     )
     urls = [f"http://127.0.0.1:{port + i}" for i in range(cards)]
     try:
-        _wait_healthy(urls[-1])
+        wait_ready(urls[-1] + "/health", proc)
 
         async def run() -> tuple[float, float]:
             load = asyncio.create_task(_drive(urls, qps, WARMUP_S + MEASURE_S))
@@ -128,18 +109,6 @@ def trial(plan: Path, qps: float, cards: int, tokens_per_event: int) -> tuple[fl
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
-
-
-def _wait_healthy(url: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def max_cards(plan: Path, qps: float, tokens_per_event: int) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 from gateway.cli import ACCURACY_HEADER
 from gateway.planner.accuracy import check_all, render_table
 from gateway.planner.catalog import load_catalog
+from gateway.prove.fleet import free_ports
 from gateway.seeds import render_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def test_readme_commands_run_in_order(tmp_path: Path) -> None:
 
 
 def _run_server(argv: list[str], cwd: Path) -> None:
-    port = _free_port_run(8)
+    port = free_ports(8)
     argv = [*argv, "--port", str(port)]  # argparse: the last --port wins
     proc = subprocess.Popen(
         argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -99,25 +99,6 @@ def _run_server(argv: list[str], cwd: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-
-
-def _free_port_run(n: int) -> int:
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n < 65535 and all(_bindable(base + i) for i in range(n)):
-            return base
-    raise RuntimeError(f"no {n} consecutive free ports")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _answers(url: str) -> bool:

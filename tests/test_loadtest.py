@@ -12,11 +12,8 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +25,7 @@ from gateway.planner.capacity import Workload
 from gateway.planner.catalog import load_catalog
 from gateway.planner.plan import make_plan, request_for
 from gateway.planner.report import plan_dict
+from gateway.prove.fleet import free_ports, wait_ready
 from loadtest.verdict import FAIL, INVALID, PASS, Record, Settings, arrivals, judge
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,25 +112,6 @@ def test_poisson_arrivals_offer_the_rate_exactly_over_a_short_run(rate: float) -
 # -- the locustfile against real servers ----------------------------------------------------------
 
 
-def _free_ports(n: int) -> int:
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n < 65535 and all(_free(base + i) for i in range(n)):
-            return base
-    raise RuntimeError(f"no {n} consecutive free ports")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def plan_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     catalog = load_catalog()
@@ -147,7 +126,7 @@ def plan_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def cards(plan_path: Path) -> Iterator[list[str]]:
     n = 5
-    port = _free_ports(n)
+    port = free_ports(n)
     proc = subprocess.Popen(
         [str(BIN / "cardinal"), "sim", "--plan", str(plan_path), "--cards", str(n)]
         + ["--port", str(port), "--tokens-per-event", "4"],
@@ -156,22 +135,11 @@ def cards(plan_path: Path) -> Iterator[list[str]]:
     )
     urls = [f"http://127.0.0.1:{port + i}" for i in range(n)]
     try:
-        deadline = time.monotonic() + 30
-        while not _healthy(urls[-1]):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_ready(urls[-1] + "/health", proc)
         yield urls
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=1) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 def _locust(

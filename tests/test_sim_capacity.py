@@ -11,7 +11,6 @@ import json
 import math
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from gateway.planner.capacity import Workload
 from gateway.planner.catalog import load_catalog
 from gateway.planner.plan import Plan, make_plan, request_for
 from gateway.planner.report import plan_dict
+from gateway.prove.fleet import free_ports, wait_ready
 
 CARDINAL = Path(sys.executable).with_name("cardinal")
 MODEL = "deepseek-r1-distill-qwen-7b"
@@ -88,32 +88,13 @@ def plan() -> Plan:
     )
 
 
-def _free_ports(n: int) -> int:
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n < 65535 and all(_free(base + i) for i in range(n)):
-            return base
-    raise RuntimeError(f"no {n} consecutive free ports")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def cards(plan: Plan, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     """One card for the batch measurements, one per offered rate."""
     path = tmp_path_factory.mktemp("plan") / "fleet.yaml"
     path.write_text(planfile.dump(plan_dict(plan)))
     n = 1 + len(LOADS)
-    port = _free_ports(n)
+    port = free_ports(n)
     proc = subprocess.Popen(
         [str(CARDINAL), "sim", "--plan", str(path), "--cards", str(n), "--port", str(port)]
         + ["--tokens-per-event", str(TOKENS_PER_EVENT)],
@@ -123,24 +104,13 @@ def cards(plan: Plan, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list
     )
     urls = [f"http://127.0.0.1:{port + i}" for i in range(n)]
     try:
-        deadline = time.monotonic() + 30
-        while not _healthy(urls[-1]):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
-            time.sleep(0.1)
+        wait_ready(urls[-1] + "/health", proc)
         yield urls
         _check_lag(urls[0])
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=15)
         print(err)
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=1) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 def _check_lag(url: str) -> None:

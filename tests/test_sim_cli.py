@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,21 +11,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from gateway.prove.fleet import free_ports
+
 CARDINAL = Path(sys.executable).with_name("cardinal")
-
-
-def _free_port_pair() -> int:
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-        with socket.socket() as b:
-            try:
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no two consecutive free ports")
 
 
 def _health(port: int) -> int:
@@ -38,7 +25,7 @@ def _health(port: int) -> int:
 
 
 def test_two_cards_on_consecutive_ports() -> None:
-    port = _free_port_pair()
+    port = free_ports(2)
     cmd = [
         str(CARDINAL),
         "sim",
@@ -104,7 +91,7 @@ def test_sim_from_a_plan_file_with_a_fault_on_one_card(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )  # fmt: skip
-    port = _free_port_pair()
+    port = free_ports(2)
     cmd = [str(CARDINAL), "sim", "--plan", str(plan), "--cards", "2", "--port", str(port)]
     proc = subprocess.Popen(
         [*cmd, "--fault", "1:error_rate=100%"],

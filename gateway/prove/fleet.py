@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 CARDS_PER_PROCESS = 12  # `make bench` keeps loop lag p99 < 5 ms well above this on 2 cores
 
@@ -45,7 +46,7 @@ def _free(port: int) -> bool:
     return True
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes] | None, *, timeout_s: float = 60) -> None:
+def wait_ready(url: str, proc: subprocess.Popen[Any] | None, *, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
