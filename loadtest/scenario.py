@@ -1,0 +1,186 @@
+"""The scenario's options: flags over the plan file over defaults, with errors that name the flag.
+
+No Locust or gevent here: `add_options` takes Locust's parser, `Options` its parsed namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from verdict import Settings
+
+DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
+UNIT_S = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+class OptionError(ValueError):
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"{option}: {message}")
+
+
+def add_options(parser: Any) -> None:
+    """The scenario's options on Locust's parser (each with a LOCUST_* environment variable)."""
+    add = parser.add_argument
+    add("--plan", env_var="LOCUST_PLAN", help="take model, workload and SLOs from this fleet.yaml")
+    add("--target-qps", env_var="LOCUST_TARGET_QPS", help="requests per second to offer")
+    add(
+        "--arrival",
+        env_var="LOCUST_ARRIVAL",
+        default="poisson",
+        choices=["poisson", "constant"],
+        help="arrival process",
+    )
+    add("--warmup", env_var="LOCUST_WARMUP", help="not judged at the start (default: 2 x e2e SLO)")
+    add("--cooldown", env_var="LOCUST_COOLDOWN", help="not judged at the end (default: e2e SLO)")
+    add("--model", env_var="LOCUST_MODEL", help="the `model` of every request")
+    add("--prompt-tokens", env_var="LOCUST_PROMPT_TOKENS", help="mean prompt length")
+    add("--prompt-spread", env_var="LOCUST_PROMPT_SPREAD", default="0", help="+- share, uniform")
+    add("--output-tokens", env_var="LOCUST_OUTPUT_TOKENS", help="mean max_tokens")
+    add("--output-spread", env_var="LOCUST_OUTPUT_SPREAD", default="0", help="+- share, uniform")
+    add(
+        "--prompts-file",
+        env_var="LOCUST_PROMPTS_FILE",
+        help="JSONL of {prompt|messages[, max_tokens]}",
+    )
+    add("--no-stream", env_var="LOCUST_NO_STREAM", action="store_true", help="non-streaming calls")
+    add("--no-ignore-eos", env_var="LOCUST_NO_IGNORE_EOS", action="store_true")
+    add("--ttft-slo", env_var="LOCUST_TTFT_SLO", help="e.g. 2s")
+    add("--tpot-slo", env_var="LOCUST_TPOT_SLO", help="e.g. 50ms")
+    add("--e2e-slo", env_var="LOCUST_E2E_SLO", help="e.g. 20s")
+    add("--slo-percentile", env_var="LOCUST_SLO_PERCENTILE", default="95")
+    add("--attainment", env_var="LOCUST_ATTAINMENT", default="0.9", help="share meeting every SLO")
+    add("--max-error-rate", env_var="LOCUST_MAX_ERROR_RATE", default="0.01")
+    add("--request-timeout", env_var="LOCUST_REQUEST_TIMEOUT", default="300s")
+    add("--seed", env_var="LOCUST_SEED", default="0")
+    add("--summary-json", env_var="LOCUST_SUMMARY_JSON", help="write the verdict here")
+    add("--records-csv", env_var="LOCUST_RECORDS_CSV", help="write every request's record here")
+
+
+# -- options --------------------------------------------------------------------------------------
+
+
+class Options:
+    """The scenario, resolved from flags over the plan file over defaults; errors name the flag."""
+
+    def __init__(self, o: Any) -> None:
+        plan = _plan(o.plan) if o.plan else {}
+        wl = plan.get("inputs", {}).get("workload", {})
+        self.model = o.model or plan.get("inputs", {}).get("model")
+        if not self.model:
+            raise OptionError("--model", "required (or --plan)")
+        self.target_qps = _positive("--target-qps", o.target_qps or wl.get("target_qps"))
+        self.prompt_tokens = int(
+            _positive("--prompt-tokens", o.prompt_tokens or wl.get("prompt_tokens") or 512)
+        )
+        self.output_tokens = int(
+            _positive("--output-tokens", o.output_tokens or wl.get("output_tokens") or 256)
+        )
+        self.prompt_spread = _share("--prompt-spread", o.prompt_spread)
+        self.output_spread = _share("--output-spread", o.output_spread)
+        self.stream = not o.no_stream
+        self.ignore_eos = not o.no_ignore_eos
+        ttft = _duration("--ttft-slo", o.ttft_slo) if o.ttft_slo else wl.get("ttft_slo_s")
+        tpot = _duration("--tpot-slo", o.tpot_slo) if o.tpot_slo else wl.get("tpot_slo_s")
+        e2e = _duration("--e2e-slo", o.e2e_slo) if o.e2e_slo else None
+        if ttft is None and tpot is None and e2e is None:
+            raise OptionError(
+                "--ttft-slo", "give at least one SLO (--ttft-slo, --tpot-slo, --e2e-slo) or --plan"
+            )
+        worst = e2e or (ttft or 0) + (self.output_tokens - 1) * (tpot or 0)
+        self.prompts = _prompts(o.prompts_file) if o.prompts_file else None
+        self.timeout_s = _duration("--request-timeout", o.request_timeout)
+        self.seed = int(_number("--seed", o.seed))
+        self.arrival = o.arrival
+        self.settings = Settings(
+            target_qps=self.target_qps,
+            warmup_s=_duration("--warmup", o.warmup) if o.warmup else min(2 * worst, 60.0),
+            cooldown_s=_duration("--cooldown", o.cooldown)
+            if o.cooldown
+            else min(worst * 1.1, 120.0),
+            ttft_slo_s=ttft,
+            tpot_slo_s=tpot,
+            e2e_slo_s=e2e,
+            percentile=_number("--slo-percentile", o.slo_percentile),
+            attainment=_share("--attainment", o.attainment),
+            max_error_rate=_share("--max-error-rate", o.max_error_rate),
+            stream=self.stream,
+        )
+        if not 0 < self.settings.percentile <= 100:
+            raise OptionError("--slo-percentile", "must be in (0, 100]")
+
+
+def _plan(path: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise OptionError("--plan", f"cannot read {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise OptionError("--plan", f"{path} is not YAML: {e}") from None
+    if not isinstance(data, dict) or data.get("version") != 1:
+        raise OptionError("--plan", f"{path} is not a version 1 Cardinal plan file")
+    return data
+
+
+def _number(option: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise OptionError(option, f"must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise OptionError(option, f"must be finite, got {value!r}")
+    return number
+
+
+def _positive(option: str, value: Any) -> float:
+    if value is None:
+        raise OptionError(option, "required (or --plan)")
+    number = _number(option, value)
+    if number <= 0:
+        raise OptionError(option, f"must be > 0, got {value!r}")
+    return number
+
+
+def _share(option: str, value: Any) -> float:
+    text = str(value).strip()
+    number = _number(option, text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    if not 0 <= number <= 1:
+        raise OptionError(option, f"must be between 0 and 1 (or 0-100%), got {value!r}")
+    return number
+
+
+def _duration(option: str, value: Any) -> float:
+    m = DURATION.match(str(value))
+    if not m:
+        raise OptionError(option, f"must be a duration like 2s or 50ms, got {value!r}")
+    return float(m.group(1)) * UNIT_S[m.group(2)]
+
+
+def _prompts(path: str) -> list[dict[str, Any]]:
+    out = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise OptionError("--prompts-file", f"cannot read {path}: {e.strerror}") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise OptionError("--prompts-file", f"line {n} is not JSON: {e.msg}") from None
+        if not isinstance(row, dict) or not (
+            isinstance(row.get("prompt"), str) or isinstance(row.get("messages"), list)
+        ):
+            raise OptionError("--prompts-file", f"line {n} needs `prompt` (text) or `messages`")
+        out.append(row)
+    if not out:
+        raise OptionError("--prompts-file", f"{path} holds no prompts")
+    return out
+
+
+# -- the load -------------------------------------------------------------------------------------
