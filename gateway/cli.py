@@ -7,7 +7,7 @@ import json
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -172,7 +172,8 @@ def add_serve_parser(sub: Any) -> None:
         "serve",
         help="the gateway: OpenAI-compatible load balancing over the cards, with metrics",
         description="Serve the gateway from gateway.yaml (--config), or over a plan's replicas "
-        "(--plan with --backends or --base-port). Runs until SIGINT or SIGTERM.",
+        "(--plan with --backends or --base-port). SIGHUP reloads --config; SIGTERM (or SIGINT) "
+        "stops accepting and lets requests in flight finish (server.drain_timeout_s).",
     )
     src = serve.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", type=Path, help="gateway.yaml")
@@ -438,8 +439,28 @@ def cmd_serve(args: argparse.Namespace, catalog: Catalog) -> int:
         flag = "--config" if args.config else "--listen" if e.field == "listen" else "--plan"
         print(f"cardinal serve: error: {flag}: {e}", file=sys.stderr)
         return 2
-    serve(config, workers=args.workers)
+    load = ConfigFile(path=args.config, listen=args.listen) if args.config else None
+    serve(config, workers=args.workers, load=load)
     return 0
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """Reads gateway.yaml (and the environment) again, for a reload; picklable for workers."""
+
+    path: Path
+    listen: str | None = None
+
+    def __call__(self) -> Any:
+        import os
+
+        from gateway.server import config as gwconfig
+
+        config = _config_file(self.path, env=os.environ)
+        if self.listen:
+            host, port = gwconfig.parse_listen(self.listen)
+            config = replace(config, host=host, port=port)
+        return config
 
 
 def _serve_config(args: argparse.Namespace, *, env: Any) -> Any:
@@ -449,11 +470,7 @@ def _serve_config(args: argparse.Namespace, *, env: Any) -> Any:
     if args.config:
         if args.backends or args.base_port:
             raise PlanError("--backends and --base-port go with --plan", field="config")
-        try:
-            text = args.config.read_text(encoding="utf-8")
-        except OSError as e:
-            raise PlanError(f"cannot read {args.config}: {e.strerror}", field="config") from None
-        return gwconfig.load(text, env=env)
+        return _config_file(args.config, env=env)
     plan = planfile.load(_read(args.plan))
     replicas = plan["fleet"]["replicas"]
     if args.backends:
@@ -465,6 +482,20 @@ def _serve_config(args: argparse.Namespace, *, env: Any) -> Any:
     if len(urls) != replicas:
         print(f"cardinal serve: note: {len(urls)} backends, the plan has {replicas} replicas")
     return gwconfig.from_plan(plan, urls=urls, listen=args.listen or "127.0.0.1:8080")
+
+
+def _config_file(path: Path, *, env: Any) -> Any:
+    from gateway.server import config as gwconfig
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        # a ConfigError, so a reload that cannot read the file is rejected, not fatal
+        raise gwconfig.ConfigError(f"cannot read {path}: {e.strerror}", field="(file)") from None
+    beside = path.parent  # files the config names are relative to it
+    return gwconfig.load(
+        text, env=env, read=lambda name: (beside / name).read_text(encoding="utf-8")
+    )
 
 
 def cmd_render(args: argparse.Namespace, catalog: Catalog) -> int:

@@ -43,9 +43,15 @@ class Admission:
         self.metrics = metrics
         self.queue: deque[_Waiter] = deque()
         self._by_model: dict[str, list[Backend]] = {}
-        for b in backends:
+        self.rebuild()
+
+    def rebuild(self) -> None:
+        """Index the backends by model again (after a reload changed `backends` in place)."""
+        by_model: dict[str, list[Backend]] = {}
+        for b in self.backends:
             for m in b.config.models:
-                self._by_model.setdefault(m, []).append(b)
+                by_model.setdefault(m, []).append(b)
+        self._by_model = by_model
 
     def models(self) -> list[str]:
         return sorted(self._by_model)

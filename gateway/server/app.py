@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import json
 import logging
+import math
 import random
 import re
 import time
@@ -19,25 +18,29 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from gateway.server import validation
 from gateway.server.admission import Admission
+from gateway.server.auth import Keyring, check_admin
 from gateway.server.backend import Backend
 from gateway.server.config import GatewayConfig
 from gateway.server.errors import (
     BadRequest,
     GatewayError,
-    NotFound,
     PayloadTooLarge,
-    Unauthorized,
+    RequestTimeout,
 )
 from gateway.server.health import Prober
+from gateway.server.limits import Limiter, Ticket
 from gateway.server.metrics import GatewayMetrics
 from gateway.server.policy import Policy, RouteRequest, make_policy
 from gateway.server.proxy import Call, Proxy
+from gateway.server.reload import Live, Reloader
 from gateway.server.scrape import Scraper
 
 log = logging.getLogger("cardinal.gateway")
 
-config_key = web.AppKey("config_key", GatewayConfig)
+config_key = web.AppKey("config_key", GatewayConfig)  # as started; `live_key` has the current
+live_key = web.AppKey("live_key", Live)
 registry_key = web.AppKey("registry_key", CollectorRegistry)
 metrics_key = web.AppKey("metrics_key", GatewayMetrics)
 backends_key = web.AppKey("backends_key", list[Backend])
@@ -46,6 +49,10 @@ admission_key = web.AppKey("admission_key", Admission)
 client_key = web.AppKey("client_key", aiohttp.ClientSession)
 proxy_key = web.AppKey("proxy_key", Proxy)
 prober_key = web.AppKey("prober_key", Prober)
+limiter_key = web.AppKey("limiter_key", Limiter)
+reloader_key = web.AppKey("reloader_key", Reloader)
+load_key = web.AppKey("load_key", Callable[[], GatewayConfig] | None)  # type: ignore[arg-type]
+rng_key = web.AppKey("rng_key", random.Random)
 request_id_key = web.RequestKey("request_id_key", str)
 
 REQUEST_ID_RE = re.compile(r"[\w.:\-]{1,128}")
@@ -56,21 +63,29 @@ def create_app(
     *,
     registry: CollectorRegistry | None = None,
     rng: random.Random | None = None,
+    load_config: Callable[[], GatewayConfig] | None = None,
 ) -> web.Application:
+    """The gateway; `load_config` reads gateway.yaml again for a reload (None: no reloads)."""
     app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes)
     registry = registry if registry is not None else CollectorRegistry()
     backends = [Backend(b, index=i) for i, b in enumerate(config.backends)]
-    policy = make_policy(config.routing, backends, rng=rng or random.Random())
+    rng = rng or random.Random()
+    policy = make_policy(config.routing, backends, rng=rng)
     metrics = GatewayMetrics(registry)
     app[config_key] = config
+    app[live_key] = Live(config=config, keyring=Keyring(config.auth.keys))
+    app[load_key] = load_config
+    app[rng_key] = rng
     app[registry_key] = registry
     app[metrics_key] = metrics
     app[backends_key] = backends
     app[policy_key] = policy
     app[admission_key] = Admission(backends, policy, config.admission, metrics)
     metrics.watch(backends, queue_depth=lambda: len(app[admission_key].queue))
+    app.cleanup_ctx.append(limiter_ctx)
     app.cleanup_ctx.append(client_ctx)
     app.cleanup_ctx.append(prober_ctx)
+    app.cleanup_ctx.append(reloader_ctx)
     if config.routing.policy == "engine_aware":
         app.cleanup_ctx.append(scraper_ctx)
     app.router.add_post("/v1/chat/completions", chat_completions)
@@ -81,10 +96,21 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
     app.router.add_get("/admin/backends", admin_backends)
+    app.router.add_post("/admin/reload", admin_reload)
     return app
 
 
 # -- resources -------------------------------------------------------------------------------
+
+
+async def limiter_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Per-key limits; closed last, after the requests that settle into them."""
+    limiter = Limiter(app[config_key].limits, app[metrics_key])
+    app[limiter_key] = limiter
+    try:
+        yield
+    finally:
+        await limiter.close()
 
 
 async def client_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -114,6 +140,21 @@ async def prober_ctx(app: web.Application) -> AsyncIterator[None]:
     app[prober_key] = prober
     async with _background(prober.run(), "gateway-prober"):
         yield
+
+
+async def reloader_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[reloader_key] = Reloader(
+        live=app[live_key],
+        backends=app[backends_key],
+        admission=app[admission_key],
+        proxy=app[proxy_key],
+        prober=app[prober_key],
+        limiter=app[limiter_key],
+        metrics=app[metrics_key],
+        rng=app[rng_key],
+        load=app[load_key],
+    )
+    yield
 
 
 async def scraper_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -197,47 +238,55 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 async def _forward(request: web.Request, path: str) -> web.StreamResponse:
     start_s = asyncio.get_running_loop().time()
     app = request.app
+    live = app[live_key]
+    key = live.keyring.identify(request.headers)  # before the body: strangers cost nothing
     body = await _body(request)
-    parsed = _json_object(body)
-    model = parsed.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("`model` is required and must be a string", param="model")
-    stream = parsed.get("stream", False)
-    if not isinstance(stream, bool):
-        raise BadRequest(f"`stream` must be true or false, got {stream!r}", param="stream")
-    key = _affinity_key(request, parsed) if app[policy_key].needs_key else None
+    parsed = validation.parse_body(body)
+    validation.check(path, parsed)
+    model = parsed["model"]
+    policy = app[admission_key].policy
+    ticket = await app[limiter_key].admit(key) if key is not None else None
     call = Call(
         path=path,
         body=body,
-        route=RouteRequest(model=model, key=key),
-        stream=stream and path != "/v1/embeddings",
+        route=RouteRequest(
+            model=model, key=_affinity_key(request, parsed) if policy.needs_key else None
+        ),
+        stream=parsed.get("stream", False) and path != "/v1/embeddings",
         request_id=request[request_id_key],
         start_s=start_s,
+        headers=ticket.headers if ticket is not None else {},
     )
-    return await app[proxy_key].forward(request, call)
+    try:
+        return await app[proxy_key].forward(request, call)
+    finally:
+        if ticket is not None:
+            _settle(app[limiter_key], ticket, call, parsed)
+
+
+def _settle(limiter: Limiter, ticket: Ticket, call: Call, body: dict[str, Any]) -> None:
+    """Charge the key what the request used; a stream without usage gets its prompt estimated."""
+    prompt = call.tally.prompt or math.ceil(validation.prompt_chars(body) / 4)
+    limiter.settle(ticket, tokens=prompt + call.tally.completion if call.tally.completion else 0)
 
 
 async def _body(request: web.Request) -> bytes:
+    server = request.app[config_key].server
     try:
-        return await request.read()
+        async with asyncio.timeout(server.body_timeout_s):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[config_key].max_body_bytes
         raise PayloadTooLarge(f"request body exceeds {limit} bytes") from None
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest(f"request body is not valid JSON: {e}") from None
-    if not isinstance(parsed, dict):
-        raise BadRequest("request body must be a JSON object")
-    return parsed
+    except TimeoutError:
+        raise RequestTimeout(
+            f"request body not received within {server.body_timeout_s:g} s"
+        ) from None
 
 
 def _affinity_key(request: web.Request, body: dict[str, Any]) -> str | None:
     """The session header, else `user`, else the prompt's opening characters."""
-    routing = request.app[config_key].routing
+    routing = request.app[live_key].config.routing
     key = request.headers.get(routing.affinity_header) or body.get("user")
     if isinstance(key, str) and key:
         return "k:" + key
@@ -255,6 +304,7 @@ def _affinity_key(request: web.Request, body: dict[str, Any]) -> str | None:
 
 async def models(request: web.Request) -> web.Response:
     """Models served by at least one backend in rotation."""
+    request.app[live_key].keyring.identify(request.headers)
     names = sorted({m for b in request.app[backends_key] if b.up for m in b.config.models})
     created = int(time.time())
     data = [{"id": n, "object": "model", "created": created, "owned_by": "cardinal"} for n in names]
@@ -269,23 +319,34 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """503 while no backend is up, and while draining, so load balancers send traffic elsewhere."""
     up = [b.name for b in request.app[backends_key] if b.up]
-    status = 200 if up else 503
-    return web.json_response({"ready": bool(up), "backends_up": up}, status=status)
+    draining = request.app[live_key].draining
+    ready = bool(up) and not draining
+    body = {"ready": ready, "backends_up": up, **({"draining": True} if draining else {})}
+    return web.json_response(body, status=200 if ready else 503)
 
 
 async def admin_backends(request: web.Request) -> web.Response:
-    expected = request.app[config_key].admin_key
-    if expected is None:
-        raise NotFound("the admin API is off: set `admin.key_env` in gateway.yaml")
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise Unauthorized("admin key required: `Authorization: Bearer <admin key>`")
+    live = request.app[live_key]
+    check_admin(request.headers, live.config.admin_key)
     admission = request.app[admission_key]
     return web.json_response(
         {
-            "policy": request.app[config_key].routing.policy,
+            "policy": live.config.routing.policy,
             "queue_depth": len(admission.queue),
+            "limits_store": request.app[limiter_key].store_name,
             "backends": [b.describe() for b in request.app[backends_key]],
         }
     )
+
+
+async def admin_reload(request: web.Request) -> web.Response:
+    """Reload gateway.yaml (as SIGHUP does); 400 naming the field when the new one is invalid."""
+    check_admin(request.headers, request.app[live_key].config.admin_key)
+    outcome = await request.app[reloader_key].reload()
+    if not outcome.ok:
+        raise BadRequest(
+            f"reload rejected, the running config stays: {outcome.error}", param=outcome.param
+        )
+    return web.json_response(outcome.as_dict())

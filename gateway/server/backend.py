@@ -31,6 +31,7 @@ class Backend:
         self.weight = config.weight
         self.max_inflight = config.max_inflight
         self.state = UP  # optimistic until the first probe or call says otherwise
+        self.draining = config.drain  # takes no new requests; set too when a reload removes it
         self.inflight = 0
         self.served = 0  # requests sent here, for /admin and tests
         self.failures = 0  # consecutive; drives the probe backoff
@@ -40,7 +41,19 @@ class Backend:
 
     @property
     def up(self) -> bool:
-        return self.state == UP
+        """In rotation: healthy and not draining."""
+        return self.state == UP and not self.draining
+
+    def same_server(self, config: BackendConfig) -> bool:
+        """Whether `config` describes this very server, so a reload may update it in place."""
+        return config.url == self.url and config.models == self.config.models
+
+    def reconfigure(self, config: BackendConfig, *, index: int) -> None:
+        self.config = config
+        self.index = index
+        self.weight = config.weight
+        self.max_inflight = config.max_inflight
+        self.draining = config.drain
 
     @property
     def has_room(self) -> bool:
@@ -72,7 +85,7 @@ class Backend:
             "name": self.name,
             "url": self.url,
             "models": list(self.config.models),
-            "state": self.state,
+            "state": "draining" if self.draining else self.state,
             "inflight": self.inflight,
             "max_inflight": self.max_inflight,
             "weight": self.weight,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -10,6 +12,7 @@ from urllib.parse import urlsplit
 import yaml
 
 POLICIES = ("round_robin", "least_outstanding", "engine_aware", "affinity")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
 class ConfigError(ValueError):
@@ -26,6 +29,7 @@ class BackendConfig:
     max_inflight: int = 64
     weight: float = 1.0  # relative capacity: a card twice as fast gets 2
     api_key: str | None = None  # resolved from `api_key_env` by the CLI
+    drain: bool = False  # in-flight requests finish, new ones go elsewhere
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,6 +63,61 @@ class TimeoutConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class KeyLimits:
+    """Per client key; None: no limit. Buckets refill continuously; a burst is their size."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None  # prompt + completion, settled when the answer ends
+    max_concurrent: int | None = None
+    burst_requests: int | None = None  # default: a minute's worth, as OpenAI's limits behave
+    burst_tokens: int | None = None
+
+    def over(self, default: KeyLimits) -> KeyLimits:
+        """These limits, each one not set taken from `default`."""
+        return KeyLimits(
+            **{
+                f: getattr(self, f) if getattr(self, f) is not None else getattr(default, f)
+                for f in self.__dataclass_fields__
+            }
+        )
+
+    @property
+    def any(self) -> bool:
+        return any(getattr(self, f) for f in self.__dataclass_fields__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientKey:
+    """A client's key, kept only as its SHA-256 hex digest."""
+
+    name: str
+    sha256: str
+    limits: KeyLimits = field(default_factory=KeyLimits)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthConfig:
+    keys: tuple[ClientKey, ...] = ()  # none: the API is open, and per-key limits do not apply
+
+
+@dataclass(frozen=True, kw_only=True)
+class LimitsConfig:
+    default: KeyLimits = field(default_factory=KeyLimits)
+    redis_url: str | None = None  # shared by every replica; None: limits live in this process
+    redis_timeout_s: float = 0.25  # a slow Redis must not become a slow gateway
+    redis_retry_s: float = 2.0  # after a Redis error, local limits this long before trying again
+    concurrency_lease_s: float = 900.0  # a replica that dies leaves its slots taken this long
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    max_connections: int = 4096  # open client connections; beyond it, 503 and close
+    header_timeout_s: float = 15.0  # a request's head (and an idle keep-alive) within this
+    body_timeout_s: float = 30.0  # the whole body within this, else 408
+    drain_timeout_s: float = 30.0  # SIGTERM: in-flight requests get this long to finish
+
+
+@dataclass(frozen=True, kw_only=True)
 class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -70,18 +129,21 @@ class GatewayConfig:
     max_attempts: int = 3  # backends tried per request, first included
     max_body_bytes: int = 8 * 1024 * 1024
     admin_key: str | None = None  # resolved from `admin.key_env`; None: /admin is closed
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
 
 
-def load(text: str, *, env: Mapping[str, str]) -> GatewayConfig:
-    """Parse `gateway.yaml` text; `env` resolves the `*_env` fields (the CLI passes os.environ)."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"not valid YAML: {e}", field="(file)") from None
-    return parse(data, env=env)
+Reader = Callable[[str], str]  # a file named in the config (`auth.keys_file`) -> its text
 
 
-def parse(data: Any, *, env: Mapping[str, str]) -> GatewayConfig:
+def load(text: str, *, env: Mapping[str, str], read: Reader | None = None) -> GatewayConfig:
+    """Parse `gateway.yaml` text; `env` resolves the `*_env` fields (the CLI passes os.environ),
+    `read` the files it names."""
+    return parse(_yaml(text, "(file)"), env=env, read=read)
+
+
+def parse(data: Any, *, env: Mapping[str, str], read: Reader | None = None) -> GatewayConfig:
     top = _Section(data, "")
     host, port = parse_listen(top.get("listen", str, "127.0.0.1:8080"))
     backends = top.get("backends", list, None, required=True)
@@ -101,6 +163,9 @@ def parse(data: Any, *, env: Mapping[str, str]) -> GatewayConfig:
         max_attempts=top.positive("max_attempts", int, 3),
         max_body_bytes=top.positive("max_body_bytes", int, 8 * 1024 * 1024),
         admin_key=_secret(admin, "key_env", env),
+        auth=_auth(_Section(top.get("auth", dict, {}), "auth"), env, read),
+        limits=_limits(_Section(top.get("limits", dict, {}), "limits"), env),
+        server=_server(_Section(top.get("server", dict, {}), "server")),
     )
     admin.done()
     top.done()
@@ -155,7 +220,7 @@ class _Section:
 
     def positive(self, key: str, kind: type, default: Any) -> Any:
         value = self.get(key, kind, default)
-        if not value > 0:
+        if value is not None and not value > 0:
             raise ConfigError(
                 f"`{self.name(key)}` must be > 0, got {value!r}", field=self.name(key)
             )
@@ -194,6 +259,7 @@ def _backend(raw: Any, path: str, env: Mapping[str, str]) -> BackendConfig:
         max_inflight=s.positive("max_inflight", int, 64),
         weight=s.positive("weight", float, 1.0),
         api_key=_secret(s, "api_key_env", env),
+        drain=s.get("drain", bool, False),
     )
     s.done()
     return backend
@@ -259,6 +325,105 @@ def _timeouts(s: _Section) -> TimeoutConfig:
     config = TimeoutConfig(
         connect_s=s.positive("connect_s", float, 3.0),
         read_s=s.positive("read_s", float, 600.0),
+    )
+    s.done()
+    return config
+
+
+def _yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"not valid YAML: {e}", field=where) from None
+
+
+def _auth(s: _Section, env: Mapping[str, str], read: Reader | None) -> AuthConfig:
+    entries = [(e, f"auth.keys[{i}]") for i, e in enumerate(s.get("keys", list, []))]
+    path = s.get("keys_file", str, None)
+    if path is not None:
+        if read is None:
+            raise ConfigError("`auth.keys_file` cannot be read here", field="auth.keys_file")
+        try:
+            listed = _yaml(read(path), "auth.keys_file")
+        except OSError as e:
+            raise ConfigError(
+                f"`auth.keys_file`: cannot read {path}: {e.strerror}", field="auth.keys_file"
+            ) from None
+        if not isinstance(listed, list):
+            raise ConfigError("`auth.keys_file` must hold a list of keys", field="auth.keys_file")
+        entries += [(e, f"auth.keys_file[{i}]") for i, e in enumerate(listed)]
+    keys = tuple(
+        _client_key(e, where, env, in_file=where.startswith("auth.keys_file"))
+        for e, where in entries
+    )
+    for i, k in enumerate(keys):
+        if any(k.sha256 == other.sha256 for other in keys[:i]):
+            raise ConfigError(f"key {k.name!r} is listed twice", field=entries[i][1])
+    s.done()
+    return AuthConfig(keys=keys)
+
+
+def _client_key(raw: Any, path: str, env: Mapping[str, str], *, in_file: bool) -> ClientKey:
+    s = _Section(raw, path)
+    name = s.get("name", str, None, required=True)
+    digest = s.get("sha256", str, None)
+    if in_file and "key_env" in s.raw:  # a keys file holds digests, never pointers to secrets
+        raise ConfigError(
+            f"`{path}.key_env`: a keys file holds `sha256` digests only", field=path + ".key_env"
+        )
+    if not in_file:
+        secret = _secret(s, "key_env", env)
+        if secret is not None:
+            if digest is not None:
+                raise ConfigError(f"`{path}`: give `key_env` or `sha256`, not both", field=path)
+            digest = hashlib.sha256(secret.encode()).hexdigest()
+    if digest is None:
+        want = "`sha256`" if in_file else "`key_env` or `sha256`"
+        raise ConfigError(f"`{path}` needs {want}", field=path)
+    if not SHA256_RE.fullmatch(digest.lower()):
+        raise ConfigError(
+            f"`{path}.sha256` must be 64 hex digits (sha256sum of the key)", field=path + ".sha256"
+        )
+    limits = _key_limits(_Section(s.get("limits", dict, {}), path + ".limits"))
+    s.done()
+    return ClientKey(name=name, sha256=digest.lower(), limits=limits)
+
+
+def _key_limits(s: _Section) -> KeyLimits:
+    limits = KeyLimits(**{f: s.positive(f, int, None) for f in KeyLimits.__dataclass_fields__})
+    s.done()
+    return limits
+
+
+def _limits(s: _Section, env: Mapping[str, str]) -> LimitsConfig:
+    url = s.get("redis_url", str, None)
+    from_env = _secret(s, "redis_url_env", env)  # a URL with a password stays out of the file
+    if url and from_env:
+        raise ConfigError("give `limits.redis_url` or `redis_url_env`, not both", field="limits")
+    url = url or from_env
+    if url is not None and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            # not echoed: the URL may carry a password
+            "`limits.redis_url` must be redis://host:port/db (or rediss://, unix://)",
+            field="limits.redis_url",
+        )
+    config = LimitsConfig(
+        default=_key_limits(_Section(s.get("default", dict, {}), "limits.default")),
+        redis_url=url,
+        redis_timeout_s=s.positive("redis_timeout_s", float, 0.25),
+        redis_retry_s=s.positive("redis_retry_s", float, 2.0),
+        concurrency_lease_s=s.positive("concurrency_lease_s", float, 900.0),
+    )
+    s.done()
+    return config
+
+
+def _server(s: _Section) -> ServerConfig:
+    config = ServerConfig(
+        max_connections=s.positive("max_connections", int, 4096),
+        header_timeout_s=s.positive("header_timeout_s", float, 15.0),
+        body_timeout_s=s.positive("body_timeout_s", float, 30.0),
+        drain_timeout_s=s.positive("drain_timeout_s", float, 30.0),
     )
     s.done()
     return config

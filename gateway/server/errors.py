@@ -91,3 +91,37 @@ class UpstreamFailed(GatewayError):
 class UpstreamTimeout(UpstreamFailed):
     status = 504
     code = "upstream_timeout"
+
+
+class RequestTimeout(GatewayError):
+    """The client sent its body too slowly."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class RateLimited(GatewayError):
+    """A client key is over one of its limits (requests, tokens or concurrent requests)."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self._headers = headers
+
+    def headers(self) -> dict[str, str]:
+        return self._headers
+
+
+class Draining(GatewayError):
+    """The gateway is shutting down and takes no new requests."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "shutting_down"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1", "Connection": "close"}

@@ -37,6 +37,10 @@ class Prober:
         self._probing: set[Backend] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def reconfigure(self, config: HealthConfig) -> None:
+        self.config = config
+        self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
+
     async def run(self) -> None:
         """Probe every backend once now, then whichever is due; cancel the task to stop."""
         loop = asyncio.get_running_loop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -70,14 +71,32 @@ class GatewayMetrics:
             "gateway_overhead_seconds", "Gateway time per request, queue and upstream excluded.",
             buckets=OVERHEAD_BUCKETS, **r,
         )  # fmt: skip
+        self.limits_backend = Gauge(
+            "gateway_limits_backend", "1 for the store per-key limits use now.", ("store",), **r
+        )
+        self.redis_errors = Counter("gateway_redis_errors", "Failed calls to Redis.", **r)
+        self.reloads = Counter("gateway_config_reloads", "Configuration reloads.", ("result",), **r)
+        self.connections = Gauge("gateway_open_connections", "Client connections open.", **r)
+        self.refused = Counter(
+            "gateway_refused_connections", "Connections closed at once: over the cap.", **r
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def watch(self, backends: Sequence[Backend], *, queue_depth: Callable[[], float]) -> None:
         """Gauges read live state at scrape time, so requests never pay for them."""
+        self.watch_backends(backends)
+        self.queue_depth.set_function(queue_depth)
+
+    def watch_backends(self, backends: Sequence[Backend]) -> None:
         for b in backends:
             self.inflight.labels(b.name).set_function(lambda b=b: b.inflight)
             self.backend_up.labels(b.name).set_function(lambda b=b: 1.0 if b.up else 0.0)
-        self.queue_depth.set_function(queue_depth)
+
+    def unwatch(self, backend: Backend) -> None:
+        """A backend left the config (a reload): its series go with it."""
+        for gauge in (self.inflight, self.backend_up):
+            with contextlib.suppress(KeyError):
+                gauge.remove(backend.name)
 
     def child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)

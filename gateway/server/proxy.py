@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -23,9 +24,24 @@ SSE_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",  # tells nginx (and kin) in front of us not to buffer either
 }
-# Upstream statuses worth another backend: the request never ran there.
-RETRY_STATUS = {429: "busy", 502: "bad_gateway", 503: "unavailable", 504: "timeout"}
+# Upstream statuses worth another backend: nothing has reached the client yet, and the request
+# either never ran there (429, 503) or the server is failing (500, 502, 504).
+RETRY_STATUS = {
+    429: "busy",
+    500: "server_error",
+    502: "bad_gateway",
+    503: "unavailable",
+    504: "timeout",
+}
 UPSTREAM_ERRORS = (aiohttp.ClientError, TimeoutError)
+
+
+@dataclass(slots=True)
+class Tally:
+    """Tokens a request used, as the backend reported them or as counted off its stream."""
+
+    prompt: int = 0
+    completion: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -38,6 +54,8 @@ class Call:
     stream: bool
     request_id: str
     start_s: float
+    headers: Mapping[str, str] = field(default_factory=dict)  # for the client's response
+    tally: Tally = field(default_factory=Tally)
 
 
 class _Retry(Exception):
@@ -121,10 +139,12 @@ class Proxy:
             raise self._failed(backend, e) from None
         now = self._loop.time()
         if up.status == 200:
-            self._count_tokens(call.route.model, usage(payload[-512:]))
+            self._count_tokens(call, usage(payload[-512:]))
         self._finish(call, backend, str(up.status), now)
         ctype = up.headers.get("Content-Type", "application/json")
-        return web.Response(body=payload, status=up.status, headers={"Content-Type": ctype})
+        return web.Response(
+            body=payload, status=up.status, headers={"Content-Type": ctype, **call.headers}
+        )
 
     async def _relay(
         self, request: web.Request, call: Call, backend: Backend, up: aiohttp.ClientResponse
@@ -136,8 +156,23 @@ class Proxy:
             ttft=m.child(m.ttft, model).observe,
             itl=m.child(m.itl, model).observe,
         )
+        try:
+            return await self._pump(request, call, backend, up, meter)
+        except asyncio.CancelledError:
+            self._count_tokens(call, meter.counts())  # a client that leaves pays what it got
+            raise
+
+    async def _pump(
+        self,
+        request: web.Request,
+        call: Call,
+        backend: Backend,
+        up: aiohttp.ClientResponse,
+        meter: StreamMeter,
+    ) -> web.StreamResponse:
         resp: web.StreamResponse | None = None
         content, loop = up.content, self._loop
+        headers = {**SSE_HEADERS, "x-request-id": call.request_id, **call.headers}
         while True:
             try:
                 chunk = await content.readany()
@@ -151,7 +186,7 @@ class Proxy:
             if resp is None:
                 # Headers go out with the first chunk, so a backend that fails before it can
                 # still be retried elsewhere.
-                resp = web.StreamResponse(headers={**SSE_HEADERS, "x-request-id": call.request_id})
+                resp = web.StreamResponse(headers=headers)
                 await resp.prepare(request)
             meter.feed(chunk, loop.time())
             try:
@@ -160,7 +195,7 @@ class Proxy:
                 self._finish(call, backend, "499", loop.time(), meter)  # nginx's "client closed"
                 return resp
         if resp is None:
-            resp = web.StreamResponse(headers={**SSE_HEADERS, "x-request-id": call.request_id})
+            resp = web.StreamResponse(headers=headers)
             await resp.prepare(request)
         await resp.write_eof()
         self._finish(call, backend, "200", loop.time(), meter)
@@ -223,10 +258,12 @@ class Proxy:
         m.child(m.requests, model, backend.name, code).inc()
         m.child(m.duration, model).observe(now - call.start_s)
         if meter is not None:
-            self._count_tokens(model, {"completion_tokens": meter.tokens, **meter.usage})
+            self._count_tokens(call, meter.counts())
 
-    def _count_tokens(self, model: str, counts: dict[str, int]) -> None:
-        m = self.metrics
+    def _count_tokens(self, call: Call, counts: dict[str, int]) -> None:
+        m, model = self.metrics, call.route.model
+        call.tally.prompt = counts.get("prompt_tokens", 0)
+        call.tally.completion = counts.get("completion_tokens", 0)
         for kind, key in (("prompt", "prompt_tokens"), ("completion", "completion_tokens")):
             if counts.get(key):
                 m.child(m.tokens, model, kind).inc(counts[key])

@@ -2,19 +2,30 @@
 
 Each worker is a whole gateway with its own backends' state and metrics; the kernel spreads
 connections over them. Prometheus should scrape each worker (or run one worker per container).
+SIGHUP reloads the config in every worker; SIGTERM (or SIGINT) stops accepting connections, lets
+the requests in flight finish within `server.drain_timeout_s`, then exits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import multiprocessing
+import os
 import signal
 import socket
+from collections.abc import Callable
 
 from aiohttp import web
 
-from gateway.server.app import create_app
+from gateway.server.app import config_key, create_app, live_key, metrics_key, reloader_key
 from gateway.server.config import GatewayConfig
+from gateway.server.connections import CappedSite
+
+log = logging.getLogger("cardinal.gateway")
+
+Loader = Callable[[], GatewayConfig]  # reads gateway.yaml again (the CLI's, for reloads)
 
 
 async def start(
@@ -26,15 +37,33 @@ async def start(
     reuse_port: bool = False,
     shutdown_timeout: float = 10.0,
 ) -> web.AppRunner:
-    """Serve `app` on `sock`, or on host:port; the caller cleans the runner up."""
+    """Serve `app` on `sock`, or on host:port; the caller cleans the runner up.
+
+    A gateway app gets its `server` settings: the connection cap, and the header timeout."""
+    server = app[config_key].server if config_key in app else None
+    kwargs = {} if server is None else {"keepalive_timeout": server.header_timeout_s}
     # handler_cancellation: a client that disconnects cancels its handler, which closes the
-    # upstream connection, which frees the engine's slot.
+    # upstream connection, which frees the engine's slot. keepalive_timeout also bounds how long
+    # a connection may take to send a request's head: aiohttp closes one still waiting then.
     runner = web.AppRunner(
-        app, access_log=None, handler_cancellation=True, shutdown_timeout=shutdown_timeout
+        app,
+        access_log=None,
+        handler_cancellation=True,
+        shutdown_timeout=shutdown_timeout,
+        **kwargs,
     )
     await runner.setup()
     site: web.BaseSite
-    if sock is not None:
+    if server is not None:
+        metrics = app[metrics_key]
+        sock = sock or bound_socket(host, port)
+        site = CappedSite(
+            runner, sock, max_connections=server.max_connections, on_refuse=metrics.refused.inc
+        )
+        metrics.connections.set_function(
+            lambda: len(runner.server.connections) if runner.server else 0
+        )
+    elif sock is not None:
         site = web.SockSite(runner, sock)
     else:
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
@@ -54,13 +83,18 @@ def bound_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(config: GatewayConfig, *, workers: int = 1) -> None:
-    """Serve until SIGINT or SIGTERM; workers beyond the first are child processes."""
+def serve(config: GatewayConfig, *, workers: int = 1, load: Loader | None = None) -> None:
+    """Serve until SIGINT or SIGTERM; workers beyond the first are child processes.
+
+    `load` reads the config again on SIGHUP (None: SIGHUP is ignored)."""
+    logging.basicConfig(level=logging.WARNING, format="gateway: %(message)s")
     sock = bound_socket(config.host, config.port)
     port = sock.getsockname()[1]
     ctx = multiprocessing.get_context("spawn")
     children = [
-        ctx.Process(target=_worker, args=(config, port), name=f"gateway-worker-{i}", daemon=True)
+        ctx.Process(
+            target=_worker, args=(config, port, load), name=f"gateway-worker-{i}", daemon=True
+        )
         for i in range(1, workers)
     ]
     for child in children:
@@ -71,29 +105,67 @@ def serve(config: GatewayConfig, *, workers: int = 1) -> None:
         f"routing {policy}, {workers} worker{'s' if workers > 1 else ''}",
         flush=True,
     )
+    pids = [c.pid for c in children if c.pid is not None]
     try:
-        asyncio.run(_serve_until_signal(config, sock=sock))
+        asyncio.run(_serve_until_signal(config, sock=sock, load=load, forward_to=pids))
     finally:
         for child in children:
-            child.terminate()
+            child.terminate()  # a no-op for those already draining on the forwarded signal
         for child in children:
-            child.join(timeout=5)
+            child.join(timeout=config.server.drain_timeout_s + 5)
 
 
-def _worker(config: GatewayConfig, port: int) -> None:
-    asyncio.run(_serve_until_signal(config, port=port))
+def _worker(config: GatewayConfig, port: int, load: Loader | None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="gateway: %(message)s")
+    asyncio.run(_serve_until_signal(config, port=port, load=load))
 
 
 async def _serve_until_signal(
-    config: GatewayConfig, *, sock: socket.socket | None = None, port: int = 0
+    config: GatewayConfig,
+    *,
+    sock: socket.socket | None = None,
+    port: int = 0,
+    load: Loader | None = None,
+    forward_to: list[int] | None = None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    pids = forward_to or []
+
+    def on_stop(sig: signal.Signals) -> None:
+        _forward(sig, pids)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    app = create_app(config)
-    runner = await start(app, sock=sock, host=config.host, port=port, reuse_port=True)
+        loop.add_signal_handler(sig, on_stop, sig)
+    drain_s = config.server.drain_timeout_s
+    app = create_app(config, load_config=load)
+    runner = await start(
+        app, sock=sock, host=config.host, port=port, reuse_port=True, shutdown_timeout=drain_s
+    )
+    tasks: set[asyncio.Task[object]] = set()
+
+    def on_hup() -> None:
+        _forward(signal.SIGHUP, pids)
+        task = asyncio.create_task(app[reloader_key].reload())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
         await stop.wait()
+        app[live_key].draining = True
+        busy = sum(b.inflight for b in app[reloader_key].backends)
+        print(f"gateway: draining {busy} requests in flight (up to {drain_s:g} s)", flush=True)
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+        # Stops listening, closes idle connections, waits for handlers up to the deadline,
+        # then cancels the rest (their clients get an error event) and closes the app.
         await runner.cleanup()
+    print("gateway: stopped", flush=True)
+
+
+def _forward(sig: signal.Signals, pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)

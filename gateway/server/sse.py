@@ -41,6 +41,10 @@ class StreamMeter:
     def tokens(self) -> int:
         return self.usage.get("completion_tokens", self.events)
 
+    def counts(self) -> dict[str, int]:
+        """Tokens so far: the stream's `usage` where it sent one, else the events counted."""
+        return {"completion_tokens": self.tokens, **self.usage}
+
     def feed(self, chunk: bytes, now: float) -> None:
         if self.first_s is None:
             self._before_first(chunk, now)

@@ -1,0 +1,107 @@
+"""Real processes for the gateway's hardening tests: `redis-server` on a free port in a temporary
+directory, and `cardinal serve` as users run it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+CARDINAL = Path(sys.executable).with_name("cardinal")
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+needs_redis = pytest.mark.skipif(
+    not Path(REDIS_SERVER).exists(), reason="redis-server not installed (make system)"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(kw_only=True)
+class RedisServer:
+    port: int
+    dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start (or restart, on the same port) and wait until it answers."""
+        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir"]
+        args += [str(self.dir), "--save", "", "--appendonly", "no", "--protected-mode", "no"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()  # as a crash: no goodbye to the clients
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@contextmanager
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(port=free_port(), dir=tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass(kw_only=True)
+class GatewayProcess:
+    proc: asyncio.subprocess.Process
+    url: str
+    lines: list[str]  # what it printed after the first line
+
+    async def stop(self, sig: int = signal.SIGTERM, *, timeout: float = 30) -> int:
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+        return await asyncio.wait_for(self.proc.wait(), timeout=timeout)
+
+    async def read_rest(self) -> None:
+        assert self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            self.lines.append(line.decode().rstrip())
+
+
+async def serve_gateway(config: Path, env: Mapping[str, str] | None = None) -> GatewayProcess:
+    """`cardinal serve --config` in a process; returns once it listens."""
+    proc = await asyncio.create_subprocess_exec(
+        str(CARDINAL),
+        "serve",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.stdout is not None
+    line = (await asyncio.wait_for(proc.stdout.readline(), timeout=30)).decode()
+    assert line.startswith("gateway: http://"), line
+    return GatewayProcess(proc=proc, url=line.split()[1], lines=[])
