@@ -83,14 +83,16 @@ class Reloader:
     async def reload(self) -> Outcome:
         """Read the config again and apply it; an error leaves the running one as it was."""
         if self.load is None:
+            log.error("reload ignored: this gateway was not started from a config file")
             return Outcome(ok=False, error="this gateway was not started from a config file")
         async with self._lock:
             try:
                 config = await asyncio.to_thread(self.load)  # file reads stay off the loop
-            except ConfigError as e:
+            except (ConfigError, OSError) as e:
+                field = e.field if isinstance(e, ConfigError) else "(file)"
                 self.metrics.child(self.metrics.reloads, "error").inc()
-                log.error("reload rejected, the running config stays: %s: %s", e.field, e)
-                return Outcome(ok=False, error=str(e), param=e.field)
+                log.error("reload rejected, the running config stays: %s: %s", field, e)
+                return Outcome(ok=False, error=str(e), param=field)
             outcome = self.apply(config)
         log.warning("reloaded: %s", outcome.as_dict())
         return outcome
