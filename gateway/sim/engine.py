@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -164,9 +165,17 @@ class Batch:
 class Engine:
     """Continuous batching over `Sequence`s; `run()` is the step loop."""
 
-    def __init__(self, *, config: EngineConfig, speed: Speed, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        config: EngineConfig,
+        speed: Speed,
+        clock: Clock | None = None,
+        slowdown: Callable[[], float] = lambda: 1.0,
+    ) -> None:
         self.config = config
         self._speed = speed
+        self._slowdown = slowdown  # the card's `slowdown` fault, read at every step
         self._clock = clock or LoopClock()
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
@@ -269,7 +278,7 @@ class Engine:
             t += speed.prefill_s(seq.prefilled + chunk) - speed.prefill_s(seq.prefilled)
         if batch.prefill and not batch.decode:
             t += speed.prefill_s(0)
-        return t
+        return t * self._slowdown()
 
     def complete(self, batch: Batch, t: float) -> None:
         """Apply a finished step at time `t`: advance prefills, emit tokens, retire sequences."""

@@ -31,6 +31,7 @@ class Faults:
     hang: bool = False  # /health and generation requests are accepted and never answered
     crash_after: int | None = None  # responses are cut (TCP reset) after this many tokens
     crash_rate: float = 1.0  # share of responses `crash_after` applies to
+    slowdown: float = 1.0  # every engine step takes this many times longer (10: tenfold slower)
 
     def update(self, changes: Mapping[str, Any]) -> Faults:
         """A copy with `changes` applied; values may be strings as typed on a command line."""
@@ -100,6 +101,13 @@ def _flag(name: str, value: Any) -> bool:
     raise FaultError(f"`{name}` must be true or false, got {value!r}", field=name)
 
 
+def _factor(name: str, value: Any) -> float:
+    factor = _number(name, value)
+    if factor < 1:
+        raise FaultError(f"`{name}` must be >= 1 (a slowdown), got {value!r}", field=name)
+    return factor
+
+
 def _tokens(name: str, value: Any) -> int | None:
     if value is None or (isinstance(value, str) and value.lower() in ("", "none", "off")):
         return None
@@ -120,6 +128,7 @@ PARSERS = {
     "hang": _flag,
     "crash_after": _tokens,
     "crash_rate": _rate,
+    "slowdown": _factor,
 }
 
 

@@ -77,9 +77,11 @@ async def lag_ctx(app: web.Application) -> AsyncIterator[None]:
 async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
     """Run the engine's step loop for the life of the app."""
     config = app[config_key]
-    engine = Engine(config=config.engine, speed=config.speed)
-    app[engine_key] = engine
     app[injector_key] = injector = FaultInjector(config.faults, seed=config.seed)
+    engine = Engine(
+        config=config.engine, speed=config.speed, slowdown=lambda: injector.faults.slowdown
+    )
+    app[engine_key] = engine
     app[metrics_key].watch(
         running=lambda: engine.num_running,
         waiting=lambda: engine.num_waiting,
