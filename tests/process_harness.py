@@ -105,3 +105,24 @@ async def serve_gateway(config: Path, env: Mapping[str, str] | None = None) -> G
     line = (await asyncio.wait_for(proc.stdout.readline(), timeout=30)).decode()
     assert line.startswith("gateway: http://"), line
     return GatewayProcess(proc=proc, url=line.split()[1], lines=[])
+
+
+async def sim_card(model: str, *, gpu: str) -> tuple[asyncio.subprocess.Process, str]:
+    """`cardinal sim` with one card in a process of its own (so it can be SIGKILLed)."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        str(CARDINAL), "sim", "--model", model, "--quant", "awq", "--gpu", gpu,
+        "--port", str(port), "--host", "127.0.0.1",
+        stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return proc, url
+        except OSError:
+            await asyncio.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("cardinal sim did not start")

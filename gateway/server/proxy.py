@@ -17,7 +17,7 @@ from gateway.server.config import GatewayConfig
 from gateway.server.errors import NoBackend, UpstreamFailed, UpstreamTimeout
 from gateway.server.metrics import GatewayMetrics
 from gateway.server.policy import RouteRequest
-from gateway.server.sse import StreamMeter, usage
+from gateway.server.sse import EVENT_END, SSE_FIELDS, EventFramer, StreamMeter, usage
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -34,14 +34,21 @@ RETRY_STATUS = {
     504: "timeout",
 }
 UPSTREAM_ERRORS = (aiohttp.ClientError, TimeoutError)
+MAX_FIRST_EVENT = 1 << 20  # a first event larger than this is not one
 
 
 @dataclass(slots=True)
 class Tally:
-    """Tokens a request used, as the backend reported them or as counted off its stream."""
+    """What a request used: backends tried, and tokens as the backend reported them or as
+    counted off its stream."""
 
+    attempts: int = 0
     prompt: int = 0
     completion: int = 0
+
+
+class BrokenStream(Exception):
+    """A backend's SSE stream that is not one: garbage, or cut short without `[DONE]`."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,6 +100,7 @@ class Proxy:
                     raise
                 break  # every backend serving the model has been tried or is out
             tried.append(backend)
+            call.tally.attempts = len(tried)
             try:
                 return await self._attempt(request, call, backend, waited)
             except _Retry as e:
@@ -143,7 +151,7 @@ class Proxy:
         self._finish(call, backend, str(up.status), now)
         ctype = up.headers.get("Content-Type", "application/json")
         return web.Response(
-            body=payload, status=up.status, headers={"Content-Type": ctype, **call.headers}
+            body=payload, status=up.status, headers=self._headers(call, {"Content-Type": ctype})
         )
 
     async def _relay(
@@ -170,36 +178,67 @@ class Proxy:
         up: aiohttp.ClientResponse,
         meter: StreamMeter,
     ) -> web.StreamResponse:
-        resp: web.StreamResponse | None = None
         content, loop = up.content, self._loop
-        headers = {**SSE_HEADERS, "x-request-id": call.request_id, **call.headers}
-        while True:
+        # Headers go out with the first whole event, so a backend that fails or sends nonsense
+        # before it can still be retried elsewhere.
+        chunk = await self._first_event(backend, content)
+        resp = web.StreamResponse(headers=self._headers(call, SSE_HEADERS))
+        await resp.prepare(request)
+        framer, last = EventFramer(), b""
+        while chunk:
+            events, bad = framer.push(chunk)
+            if bad is not None:
+                error = BrokenStream(f"malformed SSE event: {bad[:60]!r}")
+                await self._cut(call, backend, resp, error, meter)
+                return resp
+            if events:
+                meter.feed(events, loop.time())
+                last = events[-64:]
+                try:
+                    await resp.write(events)
+                except ConnectionResetError:
+                    self._finish(call, backend, "499", loop.time(), meter)  # "client closed"
+                    return resp
             try:
                 chunk = await content.readany()
             except UPSTREAM_ERRORS as e:
-                if resp is None:
-                    raise self._failed(backend, e) from None
                 await self._cut(call, backend, resp, e, meter)
                 return resp
-            if not chunk:
-                break
-            if resp is None:
-                # Headers go out with the first chunk, so a backend that fails before it can
-                # still be retried elsewhere.
-                resp = web.StreamResponse(headers=headers)
-                await resp.prepare(request)
-            meter.feed(chunk, loop.time())
-            try:
-                await resp.write(chunk)
-            except ConnectionResetError:
-                self._finish(call, backend, "499", loop.time(), meter)  # nginx's "client closed"
-                return resp
-        if resp is None:
-            resp = web.StreamResponse(headers=headers)
-            await resp.prepare(request)
+        if b"[DONE]" not in last or framer.pending.strip():
+            # A clean close without [DONE], or mid-event, is a truncated answer: the client
+            # must not take it for a whole one.
+            error = BrokenStream("stream ended without [DONE]")
+            await self._cut(call, backend, resp, error, meter)
+            return resp
         await resp.write_eof()
         self._finish(call, backend, "200", loop.time(), meter)
         return resp
+
+    async def _first_event(self, backend: Backend, content: aiohttp.StreamReader) -> bytes:
+        """What the backend sent up to its first whole SSE event, checked; _Retry if broken."""
+        head = b""
+        while not EVENT_END.search(head) and len(head) < MAX_FIRST_EVENT:
+            try:
+                chunk = await content.readany()
+            except UPSTREAM_ERRORS as e:
+                raise self._failed(backend, e) from None
+            if not chunk:
+                break
+            head += chunk
+        first = EVENT_END.split(head, maxsplit=1)[0]
+        if not EVENT_END.search(head) or not _well_formed(first):
+            error = BrokenStream(f"malformed SSE: {head[:80]!r}")
+            self._eject(backend, error)
+            raise _Retry("malformed", f"{backend.name}: {error}")
+        return head
+
+    def _headers(self, call: Call, base: Mapping[str, str]) -> dict[str, str]:
+        return {
+            **base,
+            "x-request-id": call.request_id,
+            "x-gateway-attempts": str(call.tally.attempts),
+            **call.headers,
+        }
 
     async def _cut(
         self,
@@ -267,6 +306,23 @@ class Proxy:
         for kind, key in (("prompt", "prompt_tokens"), ("completion", "completion_tokens")):
             if counts.get(key):
                 m.child(m.tokens, model, kind).inc(counts[key])
+
+
+def _well_formed(event: bytes) -> bool:
+    """An SSE event whose data, if any, is `[DONE]` or a JSON object."""
+    data = [line[5:].strip() for line in event.splitlines() if line.startswith(b"data:")]
+    bad = [line for line in event.splitlines() if line and not line.startswith(SSE_FIELDS)]
+    if bad:
+        return False
+    if not data:
+        return True  # comments or `event:` lines only, as a keep-alive
+    payload = b"\n".join(data)
+    if payload == b"[DONE]":
+        return True
+    try:
+        return isinstance(json.loads(payload), dict)
+    except ValueError:
+        return False
 
 
 def _is_connect(error: BaseException) -> bool:

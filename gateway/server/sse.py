@@ -101,3 +101,50 @@ def _is_token(event: bytes) -> bool:
         c.get("text") or delta.get("content") or delta.get("reasoning_content")
         or delta.get("tool_calls") or delta.get("reasoning")
     )  # fmt: skip
+
+
+EVENT_END = re.compile(rb"\r?\n\r?\n")
+SSE_FIELDS = (b"data:", b":", b"event:", b"id:", b"retry:")
+
+
+class EventFramer:
+    """Cuts a relayed stream at event boundaries, so the client only ever gets whole events,
+    and checks each one's shape cheaply: known SSE fields, and data that is `[DONE]` or looks
+    like one JSON object (braces at both ends; a full parse of every event would cost more than
+    the relay itself)."""
+
+    __slots__ = ("_tail",)
+
+    def __init__(self) -> None:
+        self._tail = b""
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes of an event not yet ended."""
+        return self._tail
+
+    def push(self, chunk: bytes) -> tuple[bytes, bytes | None]:
+        """(whole events ready to relay, the first malformed event or None)."""
+        data = self._tail + chunk
+        end = data.rfind(b"\n\n") + 2
+        if end == 1:  # no LF LF: perhaps CR LF CR LF, or no event end at all
+            ends = [m.end() for m in EVENT_END.finditer(data)]
+            end = ends[-1] if ends else 0
+        ready, self._tail = data[:end], data[end:]
+        for event in EVENT_END.split(ready):
+            if event and not looks_whole(event):
+                return b"", event
+        return ready, None
+
+
+def looks_whole(event: bytes) -> bool:
+    for line in event.splitlines():
+        if not line:
+            continue
+        if not line.startswith(SSE_FIELDS):
+            return False
+        if line.startswith(b"data:"):
+            data = line[5:].strip()
+            if data != b"[DONE]" and not (data.startswith(b"{") and data.endswith(b"}")):
+                return False
+    return True
