@@ -87,7 +87,7 @@ def serve(config: GatewayConfig, *, workers: int = 1, load: Loader | None = None
     """Serve until SIGINT or SIGTERM; workers beyond the first are child processes.
 
     `load` reads the config again on SIGHUP (None: SIGHUP is ignored)."""
-    logging.basicConfig(level=logging.WARNING, format="gateway: %(message)s")
+    _logging()
     sock = bound_socket(config.host, config.port)
     port = sock.getsockname()[1]
     ctx = multiprocessing.get_context("spawn")
@@ -116,7 +116,7 @@ def serve(config: GatewayConfig, *, workers: int = 1, load: Loader | None = None
 
 
 def _worker(config: GatewayConfig, port: int, load: Loader | None) -> None:
-    logging.basicConfig(level=logging.WARNING, format="gateway: %(message)s")
+    _logging()
     asyncio.run(_serve_until_signal(config, port=port, load=load))
 
 
@@ -163,6 +163,13 @@ async def _serve_until_signal(
         # then cancels the rest (their clients get an error event) and closes the app.
         await runner.cleanup()
     print("gateway: stopped", flush=True)
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="gateway: %(message)s")
+    # aiohttp logs each malformed request it answers 400 with a traceback: any client could
+    # flood the log. Handler errors are the gateway's own to log (its error middleware does).
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
 
 
 def _forward(sig: signal.Signals, pids: list[int]) -> None:
