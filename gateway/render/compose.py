@@ -23,6 +23,7 @@ IMAGES = {
     "nginx": "nginx:1.27-alpine",
     "prometheus": "prom/prometheus:v2.53.2",
     "grafana": "grafana/grafana:11.2.2",
+    "redis": "redis:7.2-alpine",
 }
 # Only what `pip install` needs, so a checkout's .venv and caches stay out of the build.
 DOCKERFILE = """\
@@ -32,6 +33,7 @@ COPY gateway /src/gateway
 RUN pip install --no-cache-dir /src
 """
 GATEWAY_REPLICAS = 2
+REDIS_URL = "redis://redis:6379/0"  # the gateway replicas' shared per-key limits
 LOADING_S = 900  # a large model downloads and loads for minutes before /health answers
 
 
@@ -55,13 +57,16 @@ def render_compose(
             "profiles": ["gpu"],
             "ports": [f"8090:{GATEWAY_PORT}"],
         }
+    services["redis"] = _redis()
     services |= _monitoring(monitoring)
     configs = {
-        "gateway": _content(render_gateway_config(plan, urls=_urls(backends))),
+        "gateway": _content(render_gateway_config(plan, urls=_urls(backends), redis_url=REDIS_URL)),
         "nginx": _content(render_nginx(plan, engines=[f"{b}:{ENGINE_PORT}" for b in backends])),
     }
     if sim:
-        configs["gateway-gpu"] = _content(render_gateway_config(plan, urls=_urls(list(engines))))
+        configs["gateway-gpu"] = _content(
+            render_gateway_config(plan, urls=_urls(list(engines)), redis_url=REDIS_URL)
+        )
         configs["fleet"] = _content(planfile.dump(dict(plan)))
     data = {
         "name": "cardinal",
@@ -76,7 +81,8 @@ def _header(fleet: Fleet, sim: bool) -> str:
     what = "simulated cards (cardinal sim)" if sim else f"{fleet.engine} engines"
     lines = [
         f"{fleet.model_name} {fleet.quant} on {fleet.replicas} x {fleet.gpu}: {what}, "
-        f"{GATEWAY_REPLICAS} gateways behind nginx, Prometheus and Grafana.",
+        f"{GATEWAY_REPLICAS} gateways behind nginx (per-key limits shared in Redis), "
+        "Prometheus and Grafana.",
         "Written by `cardinal render`; edit the plan and render again rather than this file.",
         f"API: http://localhost:8080 (nginx -> gateways), :{DIRECT_PORT} straight to the backends;",
         "Prometheus :9090, Grafana :3000 (anonymous viewer).",
@@ -173,9 +179,27 @@ def _gateway(source: str, config: str, backends: list[str], *, replicas: int) ->
         **_cardinal(source),
         "command": "cardinal serve --config /etc/cardinal/gateway.yaml",
         "configs": [{"source": config, "target": "/etc/cardinal/gateway.yaml"}],
-        "depends_on": {b: {"condition": "service_started"} for b in backends},
+        "depends_on": {
+            **{b: {"condition": "service_started"} for b in backends},
+            "redis": {"condition": "service_started"},
+        },
         "deploy": {"replicas": replicas},
         "healthcheck": _http_check(f"http://127.0.0.1:{GATEWAY_PORT}/healthz", start_s=10),
+    }
+
+
+def _redis() -> dict[str, Any]:
+    # Limits are short-lived counters: nothing to persist, so no volume and no snapshots.
+    return {
+        "image": IMAGES["redis"],
+        "command": "redis-server --save '' --appendonly no",
+        "healthcheck": {
+            "test": ["CMD", "redis-cli", "ping"],
+            "interval": "10s",
+            "timeout": "3s",
+            "retries": 3,
+        },
+        "restart": "unless-stopped",
     }
 
 

@@ -14,8 +14,10 @@ def engine_urls(fleet: Fleet, *, host: str = "engine") -> list[str]:
     return [f"http://{host}-{i}:{ENGINE_PORT}" for i in range(fleet.replicas)]
 
 
-def gateway_data(fleet: Fleet, urls: Sequence[str], *, listen: str) -> dict[str, Any]:
-    return {
+def gateway_data(
+    fleet: Fleet, urls: Sequence[str], *, listen: str, redis_url: str | None = None
+) -> dict[str, Any]:
+    data: dict[str, Any] = {
         "listen": listen,
         "backends": [
             {
@@ -36,6 +38,10 @@ def gateway_data(fleet: Fleet, urls: Sequence[str], *, listen: str) -> dict[str,
             "queue_timeout_s": fleet.ttft_slo_s,
         },
     }
+    if redis_url:
+        # replicas share per-key limits there (keys go under `auth.keys`)
+        data["limits"] = {"redis_url": redis_url}
+    return data
 
 
 def render_gateway_config(
@@ -43,10 +49,11 @@ def render_gateway_config(
     *,
     urls: Sequence[str] | None = None,
     listen: str = f"0.0.0.0:{GATEWAY_PORT}",
+    redis_url: str | None = None,
 ) -> str:
     """`gateway.yaml` over `urls` (default: the replicas as `engine-i:8000`)."""
     fleet = fleet_from_plan(plan)
-    data = gateway_data(fleet, urls or engine_urls(fleet), listen=listen)
+    data = gateway_data(fleet, urls or engine_urls(fleet), listen=listen, redis_url=redis_url)
     header = (
         f"# Cardinal gateway for {fleet.model_name} {fleet.quant}: {len(data['backends'])} "
         f"backends of {fleet.max_inflight} in-flight requests each.\n"
