@@ -85,8 +85,9 @@ class Load:
             self.requests.spawn(self._request, rec, self.prompts.body(rng))
 
     def _connection(self) -> http.client.HTTPConnection:
-        if self._idle:
-            return self._idle.pop()
+        return self._idle.pop() if self._idle else self._new_connection()
+
+    def _new_connection(self) -> http.client.HTTPConnection:
         cls = (
             http.client.HTTPSConnection
             if self._url.scheme == "https"
@@ -94,13 +95,29 @@ class Load:
         )
         return cls(self._url.hostname, self._url.port, timeout=self.options.timeout_s)
 
-    def _request(self, rec: Record, body: dict[str, Any]) -> None:
+    def _send(self, path: str, body: dict[str, Any]) -> tuple[Any, http.client.HTTPResponse]:
+        """(connection, response). A reused connection the server closed meanwhile fails before
+        the request reached it (llama-server closes each one after a stream though it announced
+        keep-alive), so that one failure is retried once on a new connection."""
+        reused = bool(self._idle)
         conn = self._connection()
-        path = self._url.path.rstrip("/") + "/v1/chat/completions"
-        rec.sent = time.time()
         try:
             conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-            resp = conn.getresponse()
+            return conn, conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            conn.close()
+            if not reused:
+                raise
+        conn = self._new_connection()
+        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        return conn, conn.getresponse()
+
+    def _request(self, rec: Record, body: dict[str, Any]) -> None:
+        path = self._url.path.rstrip("/") + "/v1/chat/completions"
+        rec.sent = time.time()
+        conn: Any = None
+        try:
+            conn, resp = self._send(path, body)
             if resp.status != 200:
                 rec.error = f"HTTP {resp.status}: {resp.read(300).decode(errors='replace')}"
             elif self.options.stream:
@@ -116,7 +133,8 @@ class Load:
         except (OSError, http.client.HTTPException, ValueError) as e:
             rec.error = rec.error or f"{type(e).__name__}: {e}"
             rec.finished = True
-            conn.close()
+            if conn is not None:
+                conn.close()
         self._report(rec, path)
 
     def _report(self, rec: Record, path: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -42,15 +43,18 @@ class TinyLlama:
     ffn: int = 128
     context: int = 8192
     seed: int = 0
+    # FFN weights all zero and left as holes in a sparse file: a model of any size on disk that
+    # costs neither disk nor time to write (a server then takes visible time to load it)
+    hollow_ffn: bool = False
 
 
 def scenario_words() -> list[str]:
-    """`WORDS` of loadtest/qps.py, read from its source: importing it would pull in gevent."""
-    source = Path(loadtest.__file__).with_name("qps.py").read_text(encoding="utf-8")
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "WORDS":
-            return list(ast.literal_eval(node.value))
-    raise LookupError("loadtest/qps.py has no WORDS")
+    """`WORDS` of the Locust scenario, read from its source (importing it would pull in gevent)."""
+    for path in sorted(Path(loadtest.__file__).parent.glob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "WORDS":
+                return list(ast.literal_eval(node.value))
+    raise LookupError("no module of loadtest/ defines WORDS")
 
 
 def byte_alphabet() -> list[str]:
@@ -93,12 +97,26 @@ def write_tiny_llama(path: Path, shape: TinyLlama = TinyLlama()) -> Path:
     w.add_add_bos_token(False)
     w.add_chat_template(CHAT_TEMPLATE)
     for name, array in _weights(shape, vocab=len(tokens), emit=emit):
-        w.add_tensor(name, array)
+        if shape.hollow_ffn and ".ffn_" in name and array.ndim == 2:
+            w.add_tensor_info(name, array.shape, array.dtype, array.nbytes)
+            w.tensors[-1][name].tensor = _Hole(array.nbytes)  # type: ignore[assignment]
+        else:
+            w.add_tensor(name, array)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+class _Hole:
+    """Stands in for a zero tensor: GGUFWriter calls `tofile`, which skips instead of writing."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+
+    def tofile(self, f: Any) -> None:
+        f.seek(self.nbytes, 1)
 
 
 def _header(w: gguf.GGUFWriter, s: TinyLlama) -> None:
@@ -121,15 +139,13 @@ def _weights(s: TinyLlama, *, vocab: int, emit: set[int]) -> list[tuple[str, np.
     d, kv = s.hidden, s.hidden // s.heads * s.kv_heads
 
     def dense(out: int, inp: int) -> np.ndarray:
+        if s.hollow_ffn and s.ffn in (out, inp):
+            return np.zeros((out, inp), dtype=np.float16)  # untouched pages: costs nothing
         return (rng.standard_normal((out, inp)) / np.sqrt(inp)).astype(np.float16)
 
     output = rng.standard_normal((vocab, d)) * LOGIT_SCALE / np.sqrt(d)
     output[[i for i in range(vocab) if i not in emit]] = 0.0
-    out = [
-        ("token_embd.weight", rng.standard_normal((vocab, d)).astype(np.float16)),
-        ("output_norm.weight", np.ones(d, dtype=np.float32)),
-        ("output.weight", output.astype(np.float16)),
-    ]
+    out = [("token_embd.weight", rng.standard_normal((vocab, d)).astype(np.float16))]
     for i in range(s.layers):
         out += [
             (f"blk.{i}.attn_norm.weight", np.ones(d, dtype=np.float32)),
@@ -142,4 +158,8 @@ def _weights(s: TinyLlama, *, vocab: int, emit: set[int]) -> list[tuple[str, np.
             (f"blk.{i}.ffn_up.weight", dense(s.ffn, d)),
             (f"blk.{i}.ffn_down.weight", dense(d, s.ffn)),
         ]
-    return out
+    # last, so a hollow FFN's holes end before the file does
+    return out + [
+        ("output_norm.weight", np.ones(d, dtype=np.float32)),
+        ("output.weight", output.astype(np.float16)),
+    ]

@@ -35,6 +35,11 @@ RETRY_STATUS = {
 }
 UPSTREAM_ERRORS = (aiohttp.ClientError, TimeoutError)
 MAX_FIRST_EVENT = 1 << 20  # a first event larger than this is not one
+# llama-server closes the connection after every streamed answer though it announced keep-alive;
+# a request sent on such a pooled connection in the instant before its close is seen fails with
+# nothing sent to the engine. Such a failure is retried on the same backend on another connection,
+# these many times, rather than taken for a dead backend.
+STALE_CONNECTION_RETRIES = 3
 
 
 @dataclass(slots=True)
@@ -123,7 +128,7 @@ class Proxy:
         if backend.config.api_key:
             headers["Authorization"] = f"Bearer {backend.config.api_key}"
         try:
-            up = await self.session.post(backend.url + call.path, data=call.body, headers=headers)
+            up = await self._post(backend.url + call.path, data=call.body, headers=headers)
         except UPSTREAM_ERRORS as e:
             raise self._failed(backend, e) from None
         try:
@@ -213,6 +218,21 @@ class Proxy:
         await resp.write_eof()
         self._finish(call, backend, "200", loop.time(), meter)
         return resp
+
+    async def _post(
+        self, url: str, *, data: bytes, headers: Mapping[str, str]
+    ) -> aiohttp.ClientResponse:
+        """POST, retrying a pooled connection the server had closed (see STALE_CONNECTION_RETRIES):
+        a refused connection or a timeout is the backend's failure, not a stale connection's."""
+        for retry in range(STALE_CONNECTION_RETRIES + 1):
+            try:
+                return await self.session.post(url, data=data, headers=headers)
+            except aiohttp.ClientConnectorError:
+                raise
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                if retry == STALE_CONNECTION_RETRIES:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _first_event(self, backend: Backend, content: aiohttp.StreamReader) -> bytes:
         """What the backend sent up to its first whole SSE event, checked; _Retry if broken."""
