@@ -14,6 +14,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import yaml
 
 from gateway import planfile
+from gateway.cli_calibrate import (
+    add_calibrate_parser,
+    add_calibration_argument,
+    calibrated_plan,
+    calibration_text,
+    cmd_calibrate,
+)
 from gateway.cli_search import add_search_arguments, check_flags, cmd_search
 from gateway.planner.accuracy import check_all, render_table, summary
 from gateway.planner.capacity import Workload
@@ -100,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_search_arguments(plan, positive=positive)
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.add_argument("-o", "--output", type=Path, help="write the plan file (fleet.yaml)")
+    add_calibration_argument(plan)
     cat = sub.add_parser("catalog", help="list the models, quantizations, GPUs and engines")
     cat.add_argument("kind", nargs="?", choices=["models", "quants", "gpus", "engines"])
     acc = sub.add_parser("check-accuracy", help="print the planner against real reference figures")
@@ -143,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=0, help="card i draws its faults from seed + i")
     add_serve_parser(sub)
     add_render_parser(sub)
+    add_calibrate_parser(sub, duration=duration, positive=positive)
     prove = sub.add_parser(
         "prove",
         help="prove a plan: its cards and gateway under the Locust scenario, with a verdict",
@@ -318,19 +327,24 @@ def _model_from_file(path: Path) -> Model:
 
 def cmd_plan(args: argparse.Namespace, catalog: Catalog) -> int:
     check_flags(args)
+    if args.search and args.calibration:
+        raise PlanError("--calibration plans one fleet, not a search", field="calibration")
     if args.search:
         if bool(args.model) == bool(args.model_config):
             raise PlanError("give exactly one of --model and --model-config", field="model")
         model = catalog.model(args.model) if args.model else _model_from_file(args.model_config)
         return cmd_search(args, catalog, model=model)
-    plan = make_plan(request_from_args(args, catalog), catalog)
-    data = plan.to_dict()
+    if args.calibration:
+        plan, data = calibrated_plan(args, request_from_args(args, catalog), catalog)
+    else:
+        plan = make_plan(request_from_args(args, catalog), catalog)
+        data = plan.to_dict()
     if args.model_config:
         data["inputs"]["model_config"] = json.loads(args.model_config.read_text(encoding="utf-8"))
     if args.output:
         args.output.write_text(planfile.dump(data), encoding="utf-8")
     print(
-        json.dumps(data, indent=2) if args.json else render_text(data),
+        json.dumps(data, indent=2) if args.json else render_text(data) + calibration_text(data),
         end="" if not args.json else "\n",
     )
     if args.output and not args.json:
@@ -396,7 +410,8 @@ def cmd_seeds(args: argparse.Namespace, catalog: Catalog) -> int:
 
 
 def cmd_show(args: argparse.Namespace, catalog: Catalog) -> int:
-    print(render_text(planfile.load(_read(args.plan))), end="")
+    data = planfile.load(_read(args.plan))
+    print(render_text(data) + calibration_text(data), end="")
     return 0
 
 
@@ -620,6 +635,7 @@ COMMANDS = {
     "prove": cmd_prove,
     "serve": cmd_serve,
     "render": cmd_render,
+    "calibrate": cmd_calibrate,
 }
 
 

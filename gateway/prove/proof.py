@@ -73,7 +73,7 @@ def prove(o: ProveOptions, *, say: Callable[[str], None] = print) -> int:
         say(f"binding constraint: {binding}")
         minimal = _minimal(stack, o, run, target, urls, say) if o.check_minimal else None
         start = (plan["replica"]["capacity_qps"] or target / n) * n  # search around the plan
-        sweep = _sweep(lambda q: run(f"sweep-{q:.2f}", q, gw, urls), start) if o.sweep else []
+        sweep = search_rate(lambda q: run(f"sweep-{q:.2f}", q, gw, urls), start) if o.sweep else []
         invalid = lagging(logs)
     code = _outcome(main, minimal, say)
     if sweep:
@@ -134,8 +134,11 @@ def _outcome(main: Trial, minimal: Trial | None, say: Callable[[str], None]) -> 
     return 0
 
 
-def _sweep(run: Callable[[float], Trial], start: float) -> list[Trial]:
-    """Highest passing rate: bracket in steps of SWEEP_STEP, then bisect geometrically."""
+def search_rate(
+    run: Callable[[float], Trial], start: float, *, max_trials: int = SWEEP_TRIALS
+) -> list[Trial]:
+    """Highest passing rate: bracket in steps of SWEEP_STEP, then bisect geometrically. Used by
+    `prove --sweep` and by `cardinal calibrate`."""
     trials: list[Trial] = []
 
     def passes(q: float) -> bool:
@@ -143,10 +146,10 @@ def _sweep(run: Callable[[float], Trial], start: float) -> list[Trial]:
         return trials[-1].passed
 
     lo, hi = (start, math.inf) if passes(start) else (0.0, start)
-    while len(trials) < SWEEP_TRIALS and (math.isinf(hi) or lo == 0):
+    while len(trials) < max_trials and (math.isinf(hi) or lo == 0):
         q = lo * SWEEP_STEP if math.isinf(hi) else hi / SWEEP_STEP
         lo, hi = (q, hi) if passes(q) else (lo, q)
-    while len(trials) < SWEEP_TRIALS and lo and hi / lo > 1 + SWEEP_PRECISION:
+    while len(trials) < max_trials and lo and hi / lo > 1 + SWEEP_PRECISION:
         q = math.sqrt(lo * hi)
         lo, hi = (q, hi) if passes(q) else (lo, q)
     return trials

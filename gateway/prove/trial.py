@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,9 @@ import loadtest
 
 QPS_LOCUSTFILE = Path(loadtest.__file__).with_name("qps.py")
 SAMPLE_EVERY_S = 2.0
+# a card's queue and batch, in vLLM's and llama.cpp's names (an engine exposes one of each)
+WAITING = ("vllm:num_requests_waiting", "llamacpp:requests_deferred")
+RUNNING = ("vllm:num_requests_running", "llamacpp:requests_processing")
 
 
 @dataclass(frozen=True)
@@ -30,8 +33,8 @@ class Sample:
     by_backend: dict[str, float]
     inflight: float
     queued: float
-    waiting: list[float]  # vllm:num_requests_waiting per card
-    running: list[float]  # vllm:num_requests_running per card
+    waiting: list[float]  # requests queued per card
+    running: list[float]  # requests in the batch per card
 
 
 @dataclass
@@ -81,27 +84,30 @@ def sample(gateway: str, cards: list[str], t: float) -> Sample:
         by_backend=by_backend,
         inflight=total(g, "gateway_inflight_requests"),
         queued=total(g, "gateway_queue_depth"),
-        waiting=[total(m, "vllm:num_requests_waiting") for m in per_card],
-        running=[total(m, "vllm:num_requests_running") for m in per_card],
+        waiting=[sum(total(m, n) for n in WAITING) for m in per_card],
+        running=[sum(total(m, n) for n in RUNNING) for m in per_card],
     )
 
 
 def run_trial(
     *,
     name: str,
-    plan_path: Path,
+    plan_path: Path | None,
     gateway: str,
     cards: list[str],
     target_qps: float,
     duration_s: float,
     out_dir: Path,
     progress: Callable[[str], None],
+    scenario: Sequence[str] = (),
 ) -> Trial:
-    """Run qps.py headless at `target_qps` for `duration_s`; sample the fleet every 2 s."""
+    """Run qps.py headless at `target_qps` for `duration_s`; sample the fleet every 2 s.
+    `scenario`: more qps.py flags (all of the workload when there is no plan file)."""
     summary, records = out_dir / f"{name}.summary.json", out_dir / f"{name}.records.csv"
     argv = [str(Path(sys.executable).with_name("locust")), "-f", str(QPS_LOCUSTFILE)]
     argv += ["--headless", "--only-summary", "--host", gateway, "-t", f"{round(duration_s)}s"]
-    argv += ["--plan", str(plan_path), "--target-qps", f"{target_qps:g}"]
+    argv += ["--plan", str(plan_path)] if plan_path else []
+    argv += [*scenario, "--target-qps", f"{target_qps:g}"]
     argv += ["--summary-json", str(summary), "--records-csv", str(records)]
     samples: list[Sample] = []
     with (out_dir / f"{name}.locust.log").open("w") as log:

@@ -1,0 +1,1 @@
+"""`cardinal calibrate`: measure one real card and feed the measurement back to the planner."""
