@@ -20,9 +20,11 @@ import loadtest
 
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 ROLE_WORDS = ("user", "assistant", "system")
+# ChatML without the newline after <|im_end|>: 7 tokens around one user message, as the Locust
+# scenario counts (CHAT_OVERHEAD), so its prompts are exactly the planned length
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
@@ -38,8 +40,8 @@ class TinyLlama:
 
     layers: int = 2
     hidden: int = 64
-    heads: int = 4
-    kv_heads: int = 4
+    heads: int = 2  # head size 32: quantized KV caches (q8_0, q4_0) need a multiple of 32
+    kv_heads: int = 2
     ffn: int = 128
     context: int = 8192
     seed: int = 0
@@ -71,12 +73,16 @@ def vocabulary() -> tuple[list[str], list[int], list[str], set[int]]:
     tokens = list(alphabet)
     merges: list[str] = []
     space = alphabet[ord(" ")]
-    for word in sorted({*scenario_words(), *ROLE_WORDS}):
-        for piece in (word, space + word):
-            for end in range(2, len(piece) + 1):
-                if piece[:end] not in tokens:
-                    tokens.append(piece[:end])
-                    merges.append(f"{piece[: end - 1]} {piece[end - 1]}")
+    words = sorted(set(scenario_words()))
+    # BPE merges the best-ranked pair first, wherever it is. Every merge of a space-led word ranks
+    # above every other, so " and" becomes one token left to right instead of " " + "and" (the
+    # words inside a prompt all follow a space); then the chat template's roles, one token each;
+    # bare words (the first of a prompt) last, some of them two tokens.
+    for piece in [space + w for w in words] + list(ROLE_WORDS) + words:
+        for end in range(2, len(piece) + 1):
+            if piece[:end] not in tokens:
+                tokens.append(piece[:end])
+                merges.append(f"{piece[: end - 1]} {piece[end - 1]}")
     emit = {i for i, t in enumerate(tokens) if i >= 256 or 0x20 <= i < 0x7F}
     types = [gguf.TokenType.NORMAL] * len(tokens) + [gguf.TokenType.CONTROL] * len(SPECIALS)
     return tokens + list(SPECIALS), [int(t) for t in types], merges, emit
