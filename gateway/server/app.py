@@ -32,7 +32,7 @@ from gateway.server.errors import (
 from gateway.server.health import Prober
 from gateway.server.limits import Limiter, Ticket
 from gateway.server.metrics import GatewayMetrics
-from gateway.server.policy import Policy, RouteRequest, make_policy
+from gateway.server.policy import RouteRequest, make_policy
 from gateway.server.proxy import Call, Proxy
 from gateway.server.reload import Live, Reloader
 from gateway.server.scrape import Scraper
@@ -44,7 +44,6 @@ live_key = web.AppKey("live_key", Live)
 registry_key = web.AppKey("registry_key", CollectorRegistry)
 metrics_key = web.AppKey("metrics_key", GatewayMetrics)
 backends_key = web.AppKey("backends_key", list[Backend])
-policy_key = web.AppKey("policy_key", Policy)  # type: ignore[type-abstract]
 admission_key = web.AppKey("admission_key", Admission)
 client_key = web.AppKey("client_key", aiohttp.ClientSession)
 proxy_key = web.AppKey("proxy_key", Proxy)
@@ -79,7 +78,6 @@ def create_app(
     app[registry_key] = registry
     app[metrics_key] = metrics
     app[backends_key] = backends
-    app[policy_key] = policy
     app[admission_key] = Admission(backends, policy, config.admission, metrics)
     metrics.watch(backends, queue_depth=lambda: len(app[admission_key].queue))
     app.cleanup_ctx.append(limiter_ctx)
@@ -266,8 +264,11 @@ async def _forward(request: web.Request, path: str) -> web.StreamResponse:
 
 def _settle(limiter: Limiter, ticket: Ticket, call: Call, body: dict[str, Any]) -> None:
     """Charge the key what the request used; a stream without usage gets its prompt estimated."""
+    if not call.tally.completion:  # nothing generated (refused, failed): nothing to charge
+        limiter.settle(ticket, tokens=0)
+        return
     prompt = call.tally.prompt or math.ceil(validation.prompt_chars(body) / 4)
-    limiter.settle(ticket, tokens=prompt + call.tally.completion if call.tally.completion else 0)
+    limiter.settle(ticket, tokens=prompt + call.tally.completion)
 
 
 async def _body(request: web.Request) -> bytes:
