@@ -130,7 +130,7 @@ async def test_engine_aware_reads_llamacpp_counters(
 
         watcher = asyncio.create_task(watch())
         t0 = time.monotonic()
-        results = await closed_loop(http, gw.url, workers=6, requests=24, max_tokens=48)
+        results = await closed_loop(http, gw.url, workers=8, requests=64, max_tokens=256)
         elapsed = time.monotonic() - t0
         watcher.cancel()
         tokens = sum(r.tokens for r in results)
