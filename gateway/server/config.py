@@ -104,7 +104,7 @@ class AuthConfig:
 class LimitsConfig:
     default: KeyLimits = field(default_factory=KeyLimits)
     redis_url: str | None = None  # shared by every replica; None: limits live in this process
-    redis_timeout_s: float = 0.25  # a slow Redis must not become a slow gateway
+    redis_timeout_s: float = 0.5  # a slow Redis must not become a slow gateway
     redis_retry_s: float = 2.0  # after a Redis error, local limits this long before trying again
     concurrency_lease_s: float = 900.0  # a replica that dies leaves its slots taken this long
 
@@ -410,7 +410,7 @@ def _limits(s: _Section, env: Mapping[str, str]) -> LimitsConfig:
     config = LimitsConfig(
         default=_key_limits(_Section(s.get("default", dict, {}), "limits.default")),
         redis_url=url,
-        redis_timeout_s=s.positive("redis_timeout_s", float, 0.25),
+        redis_timeout_s=s.positive("redis_timeout_s", float, 0.5),
         redis_retry_s=s.positive("redis_retry_s", float, 2.0),
         concurrency_lease_s=s.positive("concurrency_lease_s", float, 900.0),
     )
