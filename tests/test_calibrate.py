@@ -25,21 +25,15 @@ PLAN = [
 
 @pytest.fixture(scope="module")
 def measured(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A calibration of one tiny llama-server (4 slots, 2 threads: the machine's two cores)."""
+    """A calibration of one tiny llama-server (4 slots, 1 thread: Locust needs the other core)."""
     out = tmp_path_factory.mktemp("calibrate")
-    with llama_servers(start_args(tiny_model, 1, threads=2), logs=out) as (server,):
+    with llama_servers(start_args(tiny_model, 1), logs=out) as (server,):
         run = subprocess.run(
-            [CARDINAL, "calibrate", "--backend", server.url, *PLAN[-8:]]
-            + [
-                "--batches",
-                "1,4",
-                "--duration",
-                "6s",
-                "--trials",
-                "3",
-                "-o",
-                str(out / "cal.yaml"),
-            ],
+            [CARDINAL, "calibrate", "--backend", server.url, *PLAN[-8:], "--batches", "1,4"]
+            # from 20 QPS, half of what this card holds on a quiet machine, so a passing rate
+            # is found even on a busy one (Locust shares the 2 cores with the server)
+            + ["--duration", "8s", "--trials", "2", "--start-qps", "20"]
+            + ["--records", str(out), "-o", str(out / "cal.yaml")],
             capture_output=True,
             text=True,
             timeout=180,
@@ -56,7 +50,7 @@ def test_calibrate_measures_a_real_server(measured: Path) -> None:
     assert all(p["tokens_per_s"] > 0 and p["engine_tokens_per_s"] for p in cal["decode"]["points"])
     assert cal["prefill"]["tokens_per_s"] > 0 and cal["prefill"]["engine_tokens_per_s"]
     trials = cal["capacity"]["trials"]
-    assert 1 <= len(trials) <= 3
+    assert len(trials) == 2 and trials[0]["target_qps"] == 20
     passed = [t["target_qps"] for t in trials if t["verdict"] == "PASS"]
     assert cal["capacity"]["per_card_qps"] == max(passed)
 

@@ -86,7 +86,10 @@ async def _speeds(
     o: CalibrateOptions, *, say: Callable[[str], None]
 ) -> tuple[str, str, list[dict[str, Any]], dict[str, Any]]:
     timeout = aiohttp.ClientTimeout(total=300, sock_connect=5)
-    async with aiohttp.ClientSession(timeout=timeout) as http:
+    # a connection per request: llama-server closes each one after a stream though it announced
+    # keep-alive, and a pooled one could be dead; a connect costs well under a millisecond here
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
         model = o.model or await probe.served_model(http, o.backend)
         engine = await probe.engine_of(http, o.backend)
         say(f"calibrating {o.backend} ({engine}, model {model})")
