@@ -435,7 +435,11 @@ def cmd_sim(args: argparse.Namespace, catalog: Catalog) -> int:
         )
         for i in range(cards)
     ]
-    asyncio.run(serve_cards(configs, host=args.host, port=args.port))
+    try:
+        asyncio.run(serve_cards(configs, host=args.host, port=args.port))
+    except OSError as e:  # a port taken: one line, like every other error
+        print(f"cardinal sim: error: --port: cannot listen: {e.strerror or e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -455,7 +459,11 @@ def cmd_serve(args: argparse.Namespace, catalog: Catalog) -> int:
         print(f"cardinal serve: error: {flag}: {e}", file=sys.stderr)
         return 2
     load = ConfigFile(path=args.config, listen=args.listen) if args.config else None
-    serve(config, workers=args.workers, load=load)
+    try:
+        serve(config, workers=args.workers, load=load)
+    except OSError as e:  # the listen address taken or not ours: one line, like every other error
+        print(f"cardinal serve: error: --listen: cannot listen: {e.strerror or e}", file=sys.stderr)
+        return 2
     return 0
 
 

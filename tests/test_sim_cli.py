@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -136,3 +137,25 @@ def test_sim_rejects_plan_with_model_flags_and_bad_faults(tmp_path: Path) -> Non
         )
         assert result.returncode == 2, result.stderr
         assert result.stderr.count("\n") == 1 and flag in result.stderr, result.stderr
+
+
+def test_a_taken_port_is_a_one_line_error_for_sim_and_serve(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config.write_text(
+            f"listen: 127.0.0.1:{port}\n"
+            "backends:\n  - {name: c, url: 'http://127.0.0.1:9', model: m}\n"
+        )
+        sim = ["sim", "--model", "llama-3.1-8b", "--quant", "awq", "--gpu", "l4"]
+        for args, flag in (
+            ([*sim, "--port", str(port)], "--port"),
+            (["serve", "--config", str(config)], "--listen"),
+        ):
+            result = subprocess.run(
+                [str(CARDINAL), *args], capture_output=True, text=True, timeout=60
+            )
+            assert result.returncode == 2, result.stderr
+            assert result.stderr.count("\n") == 1 and flag in result.stderr, result.stderr
