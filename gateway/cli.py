@@ -21,9 +21,8 @@ from gateway.cli_calibrate import (
     calibration_text,
     cmd_calibrate,
 )
-from gateway.cli_search import add_search_arguments, check_flags, cmd_search
+from gateway.cli_search import add_search_arguments, check_flags, cmd_search, workload_from_args
 from gateway.planner.accuracy import check_all, render_table, summary
-from gateway.planner.capacity import Workload
 from gateway.planner.catalog import Catalog, Model, load_catalog, model_from_hf_config
 from gateway.planner.errors import PlanError
 from gateway.planner.kvcache import MLA_LAYOUTS
@@ -281,14 +280,7 @@ def request_from_args(args: argparse.Namespace, catalog: Catalog) -> PlanRequest
     for name in ("quant", "gpu"):
         if not getattr(args, name):
             raise PlanError(f"--{name} is required (or try them all with --search)", field=name)
-    wl = Workload(
-        prompt_tokens=args.prompt_tokens,
-        output_tokens=args.output_tokens,
-        target_qps=args.target_qps,
-        ttft_slo_s=args.ttft_slo,
-        tpot_slo_s=args.tpot_slo,
-        headroom=args.headroom,
-    )
+    wl = workload_from_args(args)
     return request_for(
         catalog,
         model=args.model or _model_from_file(args.model_config),

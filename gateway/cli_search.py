@@ -93,18 +93,23 @@ def space_from_args(args: argparse.Namespace) -> SearchSpace:
     )
 
 
+def workload_from_args(args: argparse.Namespace) -> Workload:
+    """The workload flags `cardinal plan` shares with `--search`."""
+    return Workload(
+        prompt_tokens=args.prompt_tokens,
+        output_tokens=args.output_tokens,
+        target_qps=args.target_qps,
+        ttft_slo_s=args.ttft_slo,
+        tpot_slo_s=args.tpot_slo,
+        headroom=args.headroom,
+    )
+
+
 def cmd_search(args: argparse.Namespace, catalog: Catalog, *, model: Any) -> int:
     result = search(
         catalog,
         model=model,
-        workload=Workload(
-            prompt_tokens=args.prompt_tokens,
-            output_tokens=args.output_tokens,
-            target_qps=args.target_qps,
-            ttft_slo_s=args.ttft_slo,
-            tpot_slo_s=args.tpot_slo,
-            headroom=args.headroom,
-        ),
+        workload=workload_from_args(args),
         space=space_from_args(args),
         prices=read_prices(args.prices, catalog) if args.prices else None,
         kv_dtype=args.kv_dtype,

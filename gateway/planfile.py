@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -65,22 +66,25 @@ def load(text: str) -> dict[str, Any]:
             field="version",
         )
     for key, types in REQUIRED.items():
-        value = _get(data, key)
+        value = lookup(data, key)
         if isinstance(value, bool) or not isinstance(value, types):
             want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             raise PlanFileError(f"`{key}` must be {want}, got {value!r}", field=key)
     for key in POSITIVE:
-        if not _get(data, key) > 0:
-            raise PlanFileError(f"`{key}` must be > 0, got {_get(data, key)!r}", field=key)
+        if not (value := lookup(data, key)) > 0:
+            raise PlanFileError(f"`{key}` must be > 0, got {value!r}", field=key)
     if data["fit"]["kind"] not in FIT_KINDS:
         raise PlanFileError(f"`fit.kind` must be one of {', '.join(FIT_KINDS)}", field="fit.kind")
     return data
 
 
-def _get(data: dict[str, Any], dotted: str) -> Any:
+def lookup(
+    data: dict[str, Any], dotted: str, *, error: Callable[..., Exception] = PlanFileError
+) -> Any:
+    """`data["a"]["b"]` for "a.b"; a missing key raises `error` naming the dotted field."""
     node: Any = data
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
-            raise PlanFileError(f"`{dotted}` is missing", field=dotted)
+            raise error(f"`{dotted}` is missing", field=dotted)
         node = node[part]
     return node

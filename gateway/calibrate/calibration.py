@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from gateway.planfile import lookup
+
 VERSION = 1
 HEADER = (
     "# Cardinal calibration file: one card measured by `cardinal calibrate`, read by\n"
@@ -77,10 +79,10 @@ def validate(data: Any) -> None:
             field="version",
         )
     for key, types in REQUIRED.items():
-        _typed(_get(data, key), types, key)
+        _typed(lookup(data, key, error=CalibrationError), types, key)
     for key in POSITIVE:
-        if not _get(data, key) > 0:
-            raise CalibrationError(f"`{key}` must be > 0, got {_get(data, key)!r}", field=key)
+        if not (value := lookup(data, key, error=CalibrationError)) > 0:
+            raise CalibrationError(f"`{key}` must be > 0, got {value!r}", field=key)
     capacity = data["capacity"]
     if not capacity["per_card_qps"] > 0:
         raise CalibrationError(
@@ -101,12 +103,3 @@ def _typed(value: Any, types: tuple[type, ...], key: str) -> None:
     if isinstance(value, bool) or not isinstance(value, types) or not finite:
         want = " or ".join(t.__name__ for t in types)
         raise CalibrationError(f"`{key}` must be {want}, got {value!r}", field=key)
-
-
-def _get(data: dict[str, Any], dotted: str) -> Any:
-    node: Any = data
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise CalibrationError(f"`{dotted}` is missing", field=dotted)
-        node = node[part]
-    return node
