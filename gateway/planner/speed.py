@@ -42,6 +42,7 @@ class SpeedModel:
     placement: Placement
     kv_bytes_per_token_gpu: float  # per GPU
     active_params: float  # per token, embedding excluded
+    max_num_batched_tokens: int | None = None  # vLLM's chunked-prefill budget; None: the engine's
 
     @property
     def _knobs(self):  # noqa: ANN202 - DecodeKnobs
@@ -74,7 +75,9 @@ class SpeedModel:
         flops = 2 * self.active_params * tokens + m.num_layers * tokens**2 * self._attn_width()
         t_compute = flops / (p.tp * self._flops())
         chunk = (
-            512 if self.engine.multi_gpu == "layer_split" else self.engine.max_num_batched_tokens
+            512
+            if self.engine.multi_gpu == "layer_split"
+            else self.max_num_batched_tokens or self.engine.max_num_batched_tokens
         )
         passes = math.ceil(tokens / chunk)
         bw = self._knobs.eta * self.gpu.bandwidth_gb_s * 1e9
