@@ -6,7 +6,7 @@ import csv
 import io
 import re
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 
 from gateway.planner.capacity import Workload
@@ -14,6 +14,9 @@ from gateway.planner.catalog import Catalog, Gpu, Model, Quant
 from gateway.planner.errors import PlanError
 from gateway.planner.fit import GIB, fit_options
 from gateway.planner.plan import PlanRequest, fit_input, speed_model
+from gateway.planner.serving import Prediction
+from gateway.planner.serving import accuracy as serving_accuracy
+from gateway.planner.speed import SpeedModel
 from gateway.planner.tensors import param_count
 from gateway.planner.weights import weights
 
@@ -36,7 +39,7 @@ class Row:
 class Check:
     row: Row
     predicted: float | None
-    note: str = ""  # why a row is not modelled
+    note: str = ""  # why a row is not modelled, or (with a prediction) left out of the summary
 
     @property
     def error(self) -> float | None:
@@ -185,6 +188,20 @@ def _speed(catalog: Catalog, row: Row) -> Check:
     if not fit.ok:
         raise _NotModelled(f"does not fit in the planner: {fit.reason}")
     sp = speed_model(req, w, fit)
+    check = _speed_check(row, sp, n, prompt=prompt, out=out)
+    if model.moe and re.search(r"vLLM 0\.[0-7]\.", row.setting):
+        return replace(check, note=OLD_MOE_ENGINE)
+    return check
+
+
+# The step model's MoE constants are fitted to current engines (serving.csv: SGLang 0.5, vLLM
+# 0.12+); vLLM 0.7's DeepSeek path ran several times slower, so its rows are shown, not summarised.
+OLD_MOE_ENGINE = (
+    "vLLM 0.7 MoE kernels, before the engines the step model is fitted to: not summarised"
+)
+
+
+def _speed_check(row: Row, sp: SpeedModel, n: dict[str, int], *, prompt: int, out: int) -> Check:
     if row.kind == "prefill_tps":
         return Check(row=row, predicted=prompt / sp.prefill_s(prompt))
     if row.kind == "decode_tps":
@@ -199,8 +216,10 @@ def _speed(catalog: Catalog, row: Row) -> Check:
 
 
 def summary(checks: list[Check], kind: str) -> dict[str, float | int | None]:
-    errs = [abs(c.error) for c in checks if c.row.kind == kind and c.error is not None]
-    skipped = sum(1 for c in checks if c.row.kind == kind and c.error is None)
+    errs = [
+        abs(c.error) for c in checks if c.row.kind == kind and c.error is not None and not c.note
+    ]
+    skipped = sum(1 for c in checks if c.row.kind == kind and (c.error is None or c.note))
     return {
         "rows": len(errs),
         "not_modelled": skipped,
@@ -218,7 +237,7 @@ def render_table(checks: list[Check]) -> str:
     for c in checks:
         r = c.row
         pred = "—" if c.predicted is None else f"{c.predicted:,.4g}"
-        err = c.note if c.error is None else f"{c.error:+.1%}"
+        err = c.note if c.error is None else f"{c.error:+.1%}" + (f" ({c.note})" if c.note else "")
         lines.append(
             f"| {r.kind} | {r.model} | {r.quant} | {r.gpu} | {r.setting} | "
             f"{r.value:,.4g} {r.unit} | {pred} | {err} |"
@@ -231,5 +250,49 @@ def render_table(checks: list[Check]) -> str:
         lines.append(
             f"- **{kind}**: {s['rows']} rows modelled, median |error| {med}, "
             f"max {mx}; {s['not_modelled']} not modelled"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def render_serving(preds: list[Prediction]) -> str:
+    """Markdown: TTFT, TPOT and throughput under load per engine family, fitted and held-out
+    parts apart, and the held-out part's worst TPOT rows."""
+    lines = [
+        "## Under load: measured serving points (serving.csv)",
+        "",
+        "Fixed-concurrency runs on real engines (aiconfigurator-core 0.12.0 silicon points), each "
+        "predicted by the step model in closed-loop steady state. `fit`: the rows the constants "
+        "were fitted on; `held_out`: models and GPUs the fit never saw. Bias is the median signed "
+        "error (> 0: the model predicts more than was measured).",
+        "",
+        "| family | split | kind | n | median abs error | max abs error | bias |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for a in serving_accuracy(preds):
+        lines.append(
+            f"| {a.family} | {a.split} | {a.kind} | {a.n} | {a.median:.1%} | {a.max:.1%} | "
+            f"{a.bias:+.1%} |"
+        )
+    skipped: dict[str, int] = {}
+    for p in preds:
+        if p.note:
+            skipped[p.note.split(";")[0]] = skipped.get(p.note.split(";")[0], 0) + 1
+    lines.append("")
+    for note, n in sorted(skipped.items()):
+        lines.append(f"- {n} rows not modelled: {note}")
+    lines += [
+        "",
+        "Worst held-out TPOT rows:",
+        "",
+        "| engine | model | gpu | TP | in / out | concurrency | TPOT real | TPOT model | error |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|",
+    ]
+    held = [p for p in preds if p.row.split == "held_out" and p.tpot_s is not None]
+    for p in sorted(held, key=lambda p: -abs(p.error("tpot") or 0))[:10]:
+        r = p.row
+        lines.append(
+            f"| {r.engine} {r.engine_version} | {r.model} | {r.gpu} | {r.tp} | {r.isl} / {r.osl} "
+            f"| {r.concurrency} | {r.tpot_s * 1e3:.1f} ms | {(p.tpot_s or 0) * 1e3:.1f} ms | "
+            f"{p.error('tpot'):+.1%} |"
         )
     return "\n".join(lines) + "\n"

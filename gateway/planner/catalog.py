@@ -107,8 +107,9 @@ class Gpu:
 
 @dataclass(frozen=True, kw_only=True)
 class DecodeKnobs:
-    eta: float
-    t_fixed_ms: float
+    eta: float  # achieved share of peak memory bandwidth
+    t_fixed_ms: float  # per decode step (launches, scheduler)
+    t_seq_us: float = 0.0  # per sequence per step (sampling, detokenisation, bookkeeping)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,8 +128,11 @@ class Engine:
     margin_gib: float = 0.0
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
-    allreduce_latency_us: float = 10.0
+    allreduce_latency_us: float = 10.0  # per all-reduce and per doubling of the TP degree
     kquant_prefill_factor: float = 1.0
+    gemm_half_tokens: float = 0.0  # tokens per step at which GEMMs reach half their efficiency
+    moe_token_us: float = 0.0  # per MoE layer per token routed (grouped GEMM, dispatch)
+    fitted: str = ""  # where the fitted constants came from
 
 
 @dataclass(frozen=True)

@@ -65,15 +65,21 @@ class SpeedModel:
         bw = knobs.eta * g.bandwidth_gb_s * 1e9
         # pipeline stages / layer-split devices run one after another for a given token
         t_mem = (gpu_bytes / p.tp + kv_bytes * p.pp) / bw
-        t_compute = 2 * self.active_params * batch / (p.tp * self._flops())
+        t_compute = 2 * self.active_params * batch / (p.tp * self._flops(batch))
         t_cpu = (p.cpu_dense_bytes + p.cpu_expert_bytes * frac) / (p.host_bandwidth_gb_s * 1e9)
-        return max(t_mem, t_compute) + t_cpu + self._comm_s(batch) + self._fixed_s()
+        return (
+            max(t_mem, t_compute)
+            + t_cpu
+            + self._comm_s(batch)
+            + self._fixed_s()
+            + self._per_token_s(batch)
+        )
 
     def prefill_s(self, tokens: int) -> float:
         """Seconds to prefill one prompt of `tokens` tokens on an otherwise idle replica."""
         m, p = self.model, self.placement
         flops = 2 * self.active_params * tokens + m.num_layers * tokens**2 * self._attn_width()
-        t_compute = flops / (p.tp * self._flops())
+        t_compute = flops / (p.tp * self._flops(tokens))
         chunk = (
             512
             if self.engine.multi_gpu == "layer_split"
@@ -86,9 +92,13 @@ class SpeedModel:
         t_host = passes * (p.cpu_dense_bytes + p.cpu_expert_bytes) / (PCIE_GB_S * 1e9)
         return max(t_compute, t_weights) + t_host + self._fixed_s()
 
-    def _flops(self) -> float:
-        """Achieved FLOP/s of one GPU on this quantization's GEMMs."""
-        eta = self.engine.prefill_eta[self.gpu.memory_class]
+    def _flops(self, tokens: float) -> float:
+        """Achieved FLOP/s of one GPU on this quantization's GEMMs with `tokens` rows per step:
+        small GEMMs use a fraction of the tensor cores (tokens / (tokens + gemm_half_tokens))."""
+        half = self.engine.gemm_half_tokens
+        eta = self.engine.prefill_eta[self.gpu.memory_class] * (
+            1.0 if half <= 0 else max(tokens, 1.0) / (max(tokens, 1.0) + half)
+        )
         peak = self.gpu.peak_tflops(self.quant.compute) * 1e12
         if self.quant.is_gguf and self.quant.ftype not in ("f16", "f32", "bf16"):
             eta *= self.engine.kquant_prefill_factor
@@ -109,12 +119,21 @@ class SpeedModel:
             return 0.0
         m = self.model
         volume = 2 * (p.tp - 1) / p.tp * batch * m.hidden_size * 2  # ring all-reduce, 16-bit
-        per = self.engine.allreduce_latency_us * 1e-6 + volume / (self.gpu.link_gb_s * 1e9)
+        # latency per all-reduce grows with the steps of the collective: log2(tp)
+        latency = self.engine.allreduce_latency_us * 1e-6 * math.log2(p.tp)
+        per = latency + volume / (self.gpu.link_gb_s * 1e9)
         return 2 * m.num_layers * per  # two all-reduces per layer
 
     def _fixed_s(self) -> float:
         moe_layers = len(self.model.moe_layers()) if self.model.moe else 0
         return (self._knobs.t_fixed_ms + self.engine.moe_layer_ms * moe_layers) / 1000
+
+    def _per_token_s(self, batch: float) -> float:
+        """Costs that grow with the sequences in a step: sampling and bookkeeping per sequence,
+        and the MoE layers' routing and grouped GEMMs per routed token."""
+        moe_layers = len(self.model.moe_layers()) if self.model.moe else 0
+        per_seq = self._knobs.t_seq_us + self.engine.moe_token_us * moe_layers
+        return batch * per_seq * 1e-6
 
     def decode_tokens_per_s(self, *, ctx: float) -> float:
         return 1.0 / self.decode_step_s(batch=1, ctx=ctx)

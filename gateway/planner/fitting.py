@@ -1,0 +1,103 @@
+"""Fit the TP engine's step-model constants to measured serving points (the `fit` split of
+serving.csv) and batch-1 decode figures (reference.csv), by coordinate search in log space."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from gateway.planner.catalog import Catalog, DecodeKnobs, Engine
+from gateway.planner.serving import ServingRow, Setup, predict, setup
+
+MEMORY_CLASS = "hbm"  # the measured points are all HBM GPUs (H100, H200, B200)
+
+# name -> (read, write) over an Engine; every constant is positive and searched in log space
+Knob = tuple[Callable[[Engine], float], Callable[[Engine, float], Engine]]
+
+
+def _decode(field: str) -> Knob:
+    def get(e: Engine) -> float:
+        return getattr(e.decode[MEMORY_CLASS], field)
+
+    def put(e: Engine, v: float) -> Engine:
+        knobs: DecodeKnobs = replace(e.decode[MEMORY_CLASS], **{field: v})
+        return replace(e, decode={**e.decode, MEMORY_CLASS: knobs})
+
+    return get, put
+
+
+def _engine(field: str) -> Knob:
+    return (lambda e: getattr(e, field)), (lambda e, v: replace(e, **{field: v}))
+
+
+def _prefill_eta() -> Knob:
+    return (
+        lambda e: e.prefill_eta[MEMORY_CLASS],
+        lambda e, v: replace(e, prefill_eta={**e.prefill_eta, MEMORY_CLASS: min(v, 0.95)}),
+    )
+
+
+DENSE_KNOBS: dict[str, Knob] = {
+    "decode.hbm.eta": _decode("eta"),
+    "decode.hbm.t_fixed_ms": _decode("t_fixed_ms"),
+    "decode.hbm.t_seq_us": _decode("t_seq_us"),
+    "prefill_eta.hbm": _prefill_eta(),
+    "allreduce_latency_us": _engine("allreduce_latency_us"),
+    "gemm_half_tokens": _engine("gemm_half_tokens"),
+}
+MOE_KNOBS: dict[str, Knob] = {
+    "moe_layer_ms": _engine("moe_layer_ms"),
+    "moe_token_us": _engine("moe_token_us"),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitResult:
+    engine: Engine
+    loss: float
+    rows: int
+    values: dict[str, float]
+
+
+def loss(engine: Engine, cases: list[tuple[Setup, ServingRow]]) -> float:
+    """Mean squared log error of TPOT and of output throughput over the cases."""
+    total = 0.0
+    for s, row in cases:
+        tpot, ttft = predict(s, row, engine=engine)
+        tput = row.concurrency * row.osl / (ttft + (row.osl - 1) * tpot)
+        total += math.log(tpot / row.tpot_s) ** 2 + math.log(tput / row.throughput) ** 2
+    return total / max(len(cases), 1)
+
+
+def fit_engine(
+    catalog: Catalog,
+    rows: list[ServingRow],
+    *,
+    knobs: dict[str, Knob],
+    engine: Engine | None = None,
+    sweeps: int = 12,
+) -> FitResult:
+    """Constants of `knobs` that minimise `loss` on `rows` (the others stay as they are)."""
+    cases = [(s, r) for r in rows if not isinstance(s := setup(catalog, r), str)]
+    best = engine or catalog.engine("vllm")
+    best_loss = loss(best, cases)
+    step = 1.0  # multiplicative step in log space: x e^{+-step}
+    for _ in range(sweeps):
+        improved = False
+        for get, put in knobs.values():
+            for sign in (1, -1):
+                x = get(best)
+                start = x if x > 0 else 1e-3
+                cand = put(best, start * math.exp(sign * step))
+                cand_loss = loss(cand, cases)
+                if cand_loss < best_loss:
+                    best, best_loss, improved = cand, cand_loss, True
+        if not improved:
+            step /= 2
+    return FitResult(
+        engine=best,
+        loss=best_loss,
+        rows=len(cases),
+        values={name: get(best) for name, (get, _) in knobs.items()},
+    )

@@ -1,0 +1,205 @@
+"""Measured serving points (serving.csv: fixed-concurrency benchmark runs on real engines) and the
+step model's prediction of each: TPOT, TTFT and output throughput under that load."""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from dataclasses import dataclass, replace
+from importlib import resources
+
+from gateway.planner.capacity import Workload
+from gateway.planner.catalog import Catalog, Engine
+from gateway.planner.errors import PlanError
+from gateway.planner.fit import fit_options
+from gateway.planner.plan import fit_input, request_for, speed_model
+from gateway.planner.speed import SpeedModel
+from gateway.planner.weights import weights
+
+# Engine families the accuracy is reported and gated for: (engine, dense or MoE)
+FAMILIES = {
+    ("vllm", False): "dense vLLM",
+    ("vllm", True): "MoE vLLM",
+    ("sglang", False): "dense SGLang",
+    ("sglang", True): "MoE SGLang",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServingRow:
+    id: str
+    engine: str  # the engine that measured it (vllm, sglang)
+    engine_version: str
+    model: str
+    quant: str
+    gpu: str
+    tp: int
+    isl: int
+    osl: int
+    concurrency: int
+    ttft_s: float
+    tpot_s: float
+    split: str  # fit | held_out
+    source: str
+
+    @property
+    def throughput(self) -> float:
+        """Output tokens/s of the replica: `concurrency` requests each lasting TTFT + (O-1) TPOT."""
+        return self.concurrency * self.osl / (self.ttft_s + (self.osl - 1) * self.tpot_s)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Prediction:
+    row: ServingRow
+    family: str
+    tpot_s: float | None = None
+    ttft_s: float | None = None
+    note: str = ""  # why a row is not modelled
+
+    @property
+    def throughput(self) -> float | None:
+        if self.tpot_s is None or self.ttft_s is None:
+            return None
+        r = self.row
+        return r.concurrency * r.osl / (self.ttft_s + (r.osl - 1) * self.tpot_s)
+
+    def error(self, kind: str) -> float | None:
+        pred = {"tpot": self.tpot_s, "ttft": self.ttft_s, "throughput": self.throughput}[kind]
+        real = {"tpot": self.row.tpot_s, "ttft": self.row.ttft_s, "throughput": self.row.throughput}
+        return None if pred is None else (pred - real[kind]) / real[kind]
+
+
+def read_serving_rows(text: str | None = None) -> list[ServingRow]:
+    if text is None:
+        text = (
+            resources.files("gateway.planner")
+            .joinpath("data")
+            .joinpath("serving.csv")
+            .read_text(encoding="utf-8")
+        )
+    return [
+        ServingRow(
+            id=r["id"],
+            engine=r["engine"],
+            engine_version=r["engine_version"],
+            model=r["model"],
+            quant=r["quant"],
+            gpu=r["gpu"],
+            tp=int(r["tp"]),
+            isl=int(r["isl"]),
+            osl=int(r["osl"]),
+            concurrency=int(r["concurrency"]),
+            ttft_s=float(r["ttft_ms"]) / 1e3,
+            tpot_s=float(r["tpot_ms"]) / 1e3,
+            split=r["split"],
+            source=r["source"],
+        )
+        for r in csv.DictReader(io.StringIO(text))
+    ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Setup:
+    """A row's replica as the planner lays it out: the speed model and the KV it holds."""
+
+    speed: SpeedModel
+    kv_tokens: int
+    moe: bool
+
+
+def setup(catalog: Catalog, row: ServingRow) -> Setup | str:
+    """The row's replica on Cardinal's TP engine, or why it cannot be modelled."""
+    try:
+        model = catalog.model(row.model)
+        wl = Workload(
+            prompt_tokens=row.isl, output_tokens=row.osl, target_qps=1, ttft_slo_s=1, tpot_slo_s=1
+        )
+        req = request_for(
+            catalog,
+            model=model,
+            quant=row.quant,
+            gpu=row.gpu,
+            engine="vllm",
+            workload=wl,
+            gpus_per_replica=row.tp,
+        )
+    except (PlanError, KeyError) as e:
+        return f"not in the catalog: {e}"
+    w = weights(req.model, req.quant, catalog)
+    fit = fit_options(fit_input(req, w))[0]
+    if not fit.ok:
+        return f"does not fit in the planner: {fit.reason}"
+    return Setup(speed=speed_model(req, w, fit), kv_tokens=fit.kv_tokens, moe=bool(model.moe))
+
+
+def predict(s: Setup, row: ServingRow, *, engine: Engine | None = None) -> tuple[float, float]:
+    """(TPOT, TTFT) of `row.concurrency` closed-loop clients, in steady state.
+
+    Every running sequence decodes one token per step and, with chunked prefill, also waits for
+    the prompts admitted into its steps: over one request's life each of the other clients sends
+    one new prompt, so TPOT = t_step(B) + B x t_prefill / O (capacity._loaded_tpot). A new prompt
+    waits on average half a step for the step in flight to end, then is computed inside the next
+    one: TTFT = t_prefill + 1.5 t_step(B). Past the KV cache, the clients that do not fit wait
+    for whole requests to finish.
+    """
+    speed = s.speed if engine is None else replace(s.speed, engine=engine)
+    b = max(1, min(row.concurrency, s.kv_tokens // (row.isl + row.osl)))
+    step = speed.decode_step_s(batch=b, ctx=row.isl + row.osl / 2)
+    prefill = speed.prefill_s(row.isl)
+    tpot = step + b * prefill / row.osl
+    ttft = prefill + 1.5 * step
+    if row.concurrency > b:  # the rest queue for a whole request each
+        ttft += (row.concurrency - b) / b * (ttft + row.osl * tpot)
+    return tpot, ttft
+
+
+def predict_all(catalog: Catalog, rows: list[ServingRow] | None = None) -> list[Prediction]:
+    out = []
+    for row in rows if rows is not None else read_serving_rows():
+        s = setup(catalog, row)
+        if isinstance(s, str):
+            out.append(Prediction(row=row, family=_family(row, moe=False), note=s))
+            continue
+        tpot, ttft = predict(s, row)
+        out.append(Prediction(row=row, family=_family(row, moe=s.moe), tpot_s=tpot, ttft_s=ttft))
+    return out
+
+
+def _family(row: ServingRow, *, moe: bool) -> str:
+    return FAMILIES.get((row.engine, moe), row.engine)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Accuracy:
+    family: str
+    split: str
+    kind: str  # tpot | ttft | throughput
+    n: int
+    median: float  # of |error|
+    max: float
+    bias: float  # median signed error: > 0 means the model is optimistic on throughput
+
+
+def accuracy(preds: list[Prediction]) -> list[Accuracy]:
+    """|error| per family x split x kind, over the modelled rows."""
+    out = []
+    keys = sorted({(p.family, p.row.split) for p in preds if p.tpot_s is not None})
+    for family, split in keys:
+        group = [p for p in preds if p.family == family and p.row.split == split]
+        for kind in ("tpot", "ttft", "throughput"):
+            errs = [e for p in group if (e := p.error(kind)) is not None]
+            if not errs:
+                continue
+            out.append(
+                Accuracy(
+                    family=family,
+                    split=split,
+                    kind=kind,
+                    n=len(errs),
+                    median=statistics.median(abs(e) for e in errs),
+                    max=max(abs(e) for e in errs),
+                    bias=statistics.median(errs),
+                )
+            )
+    return out
