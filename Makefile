@@ -17,7 +17,8 @@ FLEET_CARDS := 4
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SYSTEM := nginx prometheus promtool ab redis-server
 
-.PHONY: demo test bench accuracy seeds docs lint clean system fleet-files llama-server soak
+.PHONY: demo test bench accuracy seeds docs lint clean system fleet-files llama-server soak \
+	serving-data fit
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +58,16 @@ bench: $(STAMP) system
 
 accuracy: $(STAMP)
 	$(BIN)/cardinal check-accuracy -o docs/accuracy.md
+	$(BIN)/python -m gateway.calibrate.fit --error-table
+
+# Measured serving points: aiconfigurator-core's silicon sample (Apache-2.0, data only, never
+# imported by the gateway) reduced to serving.csv; `make fit` refits the step-model constants.
+serving-data: $(STAMP)
+	$(BIN)/pip install --quiet aiconfigurator-core==0.12.0
+	$(BIN)/python -m gateway.calibrate.silicon -o gateway/planner/data/serving.csv
+
+fit: $(STAMP)
+	$(BIN)/python -m gateway.calibrate.fit
 
 seeds: $(STAMP)
 	$(BIN)/cardinal seeds -o docs/seeds.md
