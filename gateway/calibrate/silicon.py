@@ -79,10 +79,18 @@ def keep(r: dict[str, str]) -> bool:
 
 
 def convert(rows: Iterable[dict[str, str]]) -> list[dict[str, str]]:
-    out = []
+    """The kept rows in serving.csv's shape; a measurement listed twice (the sample repeats
+    some runs under two config ids) is kept once."""
+    out, seen = [], set()
     for r in rows:
         if not keep(r):
             continue
+        key = tuple(r[k] for k in ("backend", "backend_version", "model_path", "system",
+                                    "tp_size", "isl", "osl", "batch_size",
+                                    "silicon_ttft_ms", "silicon_tpot_ms"))  # fmt: skip
+        if key in seen:
+            continue
+        seen.add(key)
         model, gpu = MODELS[r["model_path"]], GPUS[r["system"]]
         out.append(
             {

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from importlib import resources
 
 from gateway.planner.capacity import Workload
-from gateway.planner.catalog import Catalog, Gpu, Model, Quant
+from gateway.planner.catalog import Catalog, Engine, Gpu, Model, Quant
 from gateway.planner.errors import PlanError
 from gateway.planner.fit import GIB, fit_options
 from gateway.planner.plan import PlanRequest, fit_input, speed_model
@@ -82,12 +82,12 @@ def check(catalog: Catalog, row: Row) -> Check:
             return _size(catalog, row)
         if row.kind in ("decode_tps", "prefill_tps", "throughput"):
             return _speed(catalog, row)
-    except _NotModelled as e:
+    except NotModelled as e:
         return Check(row=row, predicted=None, note=str(e))
     return Check(row=row, predicted=None, note=f"kind {row.kind!r} not checked")
 
 
-class _NotModelled(Exception):
+class NotModelled(Exception):
     pass
 
 
@@ -99,13 +99,13 @@ def _model(catalog: Catalog, row: Row) -> Model:
     try:
         return catalog.model(_strip(row.model))
     except PlanError:
-        raise _NotModelled(f"model {row.model!r} is not in the catalog") from None
+        raise NotModelled(f"model {row.model!r} is not in the catalog") from None
 
 
 def _quant(catalog: Catalog, row: Row, *, gguf: bool) -> Quant:
     q = row.quant
     if q.startswith("UD-") or "mix" in q:
-        raise _NotModelled("custom per-tensor recipe, not a llama-quantize type")
+        raise NotModelled("custom per-tensor recipe, not a llama-quantize type")
     name = _strip(q).replace(" 4-bit", "").lower()
     if gguf and name in ("f16", "f32"):
         name = f"{name}-gguf"
@@ -128,23 +128,23 @@ def _gpu(catalog: Catalog, text: str) -> tuple[Gpu, int]:
     try:
         return catalog.gpu(rest), count
     except PlanError:
-        raise _NotModelled(f"GPU {text!r} is not in the catalog") from None
+        raise NotModelled(f"GPU {text!r} is not in the catalog") from None
 
 
 def _engine_id(setting: str) -> str:
     s = setting.lower()
     if "mtp" in s:
-        raise _NotModelled("speculative decoding (MTP draft layers) is not modelled")
+        raise NotModelled("speculative decoding (MTP draft layers) is not modelled")
     if "sglang" in s or "trtllm-bench" in s or "tensorrt-llm" in s:
-        raise _NotModelled(
+        raise NotModelled(
             "engine (SGLang / TensorRT-LLM at max load or with expert parallelism) is not modelled"
         )
     if "sharegpt" in s:
-        raise _NotModelled("ShareGPT prompt/output length mix is not given")
+        raise NotModelled("ShareGPT prompt/output length mix is not given")
     if "llama" in s or "vulkan" in s:
         return "llama.cpp"
     if "fastertransformer" in s:
-        raise _NotModelled("FasterTransformer is not modelled")
+        raise NotModelled("FasterTransformer is not modelled")
     return "vllm"  # vLLM, and NVIDIA NIM (a TP serving engine with CUDA graphs)
 
 
@@ -165,7 +165,27 @@ def _numbers(setting: str) -> dict[str, int]:
     return out
 
 
-def _speed(catalog: Catalog, row: Row) -> Check:
+@dataclass(frozen=True, kw_only=True)
+class SpeedCase:
+    """A speed row's replica as the planner lays it out."""
+
+    row: Row
+    speed: SpeedModel
+    numbers: dict[str, int]
+    prompt: int
+    out: int
+    moe: bool
+
+    def check(self, engine: Engine | None = None) -> Check:
+        sp = self.speed if engine is None else replace(self.speed, engine=engine)
+        check = _speed_check(self.row, sp, self.numbers, prompt=self.prompt, out=self.out)
+        if self.moe and re.search(r"vLLM 0\.[0-7]\.", self.row.setting):
+            return replace(check, note=OLD_MOE_ENGINE)
+        return check
+
+
+def speed_case(catalog: Catalog, row: Row) -> SpeedCase:
+    """Raises NotModelled with the reason when the planner cannot lay the row out."""
     engine = catalog.engine(_engine_id(row.setting))
     model = _model(catalog, row)
     quant = _quant(catalog, row, gguf=engine.id == "llama.cpp")
@@ -186,12 +206,13 @@ def _speed(catalog: Catalog, row: Row) -> Check:
     w = weights(model, quant, catalog)
     fit = fit_options(fit_input(req, w))[0]
     if not fit.ok:
-        raise _NotModelled(f"does not fit in the planner: {fit.reason}")
+        raise NotModelled(f"does not fit in the planner: {fit.reason}")
     sp = speed_model(req, w, fit)
-    check = _speed_check(row, sp, n, prompt=prompt, out=out)
-    if model.moe and re.search(r"vLLM 0\.[0-7]\.", row.setting):
-        return replace(check, note=OLD_MOE_ENGINE)
-    return check
+    return SpeedCase(row=row, speed=sp, numbers=n, prompt=prompt, out=out, moe=bool(model.moe))
+
+
+def _speed(catalog: Catalog, row: Row) -> Check:
+    return speed_case(catalog, row).check()
 
 
 # The step model's MoE constants are fitted to current engines (serving.csv: SGLang 0.5, vLLM
@@ -209,7 +230,7 @@ def _speed_check(row: Row, sp: SpeedModel, n: dict[str, int], *, prompt: int, ou
         return Check(row=row, predicted=1 / sp.decode_step_s(batch=1, ctx=ctx))
     conc = n.get("conc")
     if not conc:
-        raise _NotModelled("concurrency not given")
+        raise NotModelled("concurrency not given")
     step = sp.decode_step_s(batch=conc, ctx=prompt + out / 2)
     per_request = sp.prefill_s(prompt) + out * step / conc
     return Check(row=row, predicted=out / per_request)

@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from gateway.planner.accuracy import NotModelled, SpeedCase, read_rows, speed_case
 from gateway.planner.catalog import Catalog, DecodeKnobs, Engine
 from gateway.planner.serving import ServingRow, Setup, predict, setup
 
@@ -57,7 +58,7 @@ MOE_KNOBS: dict[str, Knob] = {
 START = {
     "decode.hbm.eta": 0.8,
     "decode.hbm.t_fixed_ms": 1.0,
-    "decode.hbm.t_seq_us": 1.0,
+    "decode.hbm.t_seq_us": 10.0,
     "prefill_eta.hbm": 0.55,
     "allreduce_latency_us": 10.0,
     "gemm_half_tokens": 100.0,
@@ -80,9 +81,30 @@ class FitResult:
     values: dict[str, float]
 
 
-def loss(engine: Engine, cases: list[tuple[Setup, ServingRow]]) -> float:
-    """Mean squared log error of TPOT and of output throughput over the cases."""
-    total = 0.0
+def anchors(catalog: Catalog) -> list[SpeedCase]:
+    """reference.csv's rows on the TP engine (batch-1 decode and throughput at a concurrency,
+    vLLM and NIM), held in the fit so the serving points do not buy their accuracy with them."""
+    out = []
+    for row in read_rows():
+        if row.kind not in ("decode_tps", "throughput"):
+            continue
+        try:
+            case = speed_case(catalog, row)
+        except NotModelled:
+            continue
+        if case.speed.engine.id == "vllm" and not case.check().note:
+            out.append(case)
+    return out
+
+
+def loss(
+    engine: Engine, cases: list[tuple[Setup, ServingRow]], refs: list[SpeedCase] = ()
+) -> float:
+    """Mean squared log error of TPOT and of output throughput over the cases, plus that of the
+    reference rows weighted as much as a tenth of the cases together (they are few, and the
+    only batch-1 and NIM figures the TP engine has)."""
+    weight = 0.1 * len(cases) / max(len(refs), 1)
+    total = weight * sum(math.log1p(c.error or 0.0) ** 2 for c in (r.check(engine) for r in refs))
     for s, row in cases:
         tpot, ttft = predict(s, row, engine=engine)
         tput = row.concurrency * row.osl / (ttft + (row.osl - 1) * tpot)
@@ -100,19 +122,22 @@ def fit_engine(
 ) -> FitResult:
     """Constants of `knobs` that minimise `loss` on `rows` (the others stay as they are)."""
     cases = [(s, r) for r in rows if not isinstance(s := setup(catalog, r), str)]
+    refs = anchors(catalog)
     best = started(engine or catalog.engine("vllm"), knobs)
-    best_loss = loss(best, cases)
-    step = 1.0  # multiplicative step in log space: x e^{+-step}
+    best_loss = loss(best, cases, refs)
+    # each constant keeps its own multiplicative step, halved when neither direction helps
+    steps = dict.fromkeys(knobs, 1.0)
     for _ in range(sweeps):
-        improved = False
-        for get, put in knobs.values():
+        for name, (get, put) in knobs.items():
+            moved = False
             for sign in (1, -1):
-                cand = put(best, get(best) * math.exp(sign * step))
-                cand_loss = loss(cand, cases)
-                if cand_loss < best_loss:
-                    best, best_loss, improved = cand, cand_loss, True
-        if not improved:
-            step /= 2
+                cand = put(best, get(best) * math.exp(sign * steps[name]))
+                cand_loss = loss(cand, cases, refs)
+                if cand_loss < best_loss - 1e-9:
+                    best, best_loss, moved = cand, cand_loss, True
+                    break
+            if not moved:
+                steps[name] /= 2
     return FitResult(
         engine=best,
         loss=best_loss,
