@@ -21,6 +21,15 @@ class Moe:
     active_experts: int
     expert_intermediate_size: int
     first_dense_layers: int
+    layer_step: int = 1  # every layer_step-th layer is MoE (Qwen3 MoE `decoder_sparse_step`)
+    dense_layers: tuple[int, ...] = ()  # layers kept dense (Qwen3 MoE `mlp_only_layers`)
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return (
+            layer >= self.first_dense_layers
+            and layer not in self.dense_layers
+            and (layer + 1) % self.layer_step == 0
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +57,7 @@ class Model:
     tie_embeddings: bool
     max_context: int
     attention_bias: bool = False
+    qk_norm: bool = False  # RMSNorm over each query and key head (Qwen3)
     moe: Moe | None = None
     mla: Mla | None = None
     mtp_layers: int = 0
@@ -61,9 +71,9 @@ class Model:
         # llama.cpp types 80-layer llama/qwen2 models as LLM_TYPE_70B: attn_v gets more bits
         return self.num_layers == 80 and self.mla is None
 
-    def moe_layers(self) -> range:
-        first = self.moe.first_dense_layers if self.moe else self.num_layers
-        return range(first, self.num_layers)
+    def moe_layers(self) -> tuple[int, ...]:
+        moe = self.moe
+        return tuple(i for i in range(self.num_layers) if moe and moe.is_moe_layer(i))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +83,9 @@ class Quant:
     format: str  # gguf | safetensors
     quality: str
     ftype: str | None = None
+    # llama-quantize --token-embedding-type / --output-tensor-type (bartowski's *_L files: q8_0)
+    token_embedding_type: str | None = None
+    output_tensor_type: str | None = None
     linear_bits: float | None = None
     other_bytes: float | None = None
     compute: str = "fp16"
@@ -186,13 +199,16 @@ def model_from_hf_config(
     source: str = "",
     hosted_api: str = "deepseek/deepseek-chat",
 ) -> Model:
-    """A Model from the fields of a Hugging Face config.json."""
+    """A Model from the fields of a Hugging Face config.json (Llama, Qwen2/3, Mixtral, DeepSeek)."""
     try:
         hidden = int(cfg["hidden_size"])
         heads = int(cfg["num_attention_heads"])
         layers = int(cfg["num_hidden_layers"])
         inter = int(cfg["intermediate_size"])
         vocab = int(cfg["vocab_size"])
+        moe, mla = _moe_from_hf(cfg, inter), _mla_from_hf(cfg)
+    except PlanError:
+        raise
     except KeyError as e:
         raise PlanError(
             f"config.json lacks `{e.args[0]}`", field=f"model_config.{e.args[0]}"
@@ -201,25 +217,6 @@ def model_from_hf_config(
         raise PlanError(
             f"config.json has a non-integer size field: {e}", field="model_config"
         ) from None
-    routed = int(cfg.get("n_routed_experts") or cfg.get("num_local_experts") or 0)
-    moe = None
-    if routed:
-        moe = Moe(
-            routed_experts=routed,
-            shared_experts=int(cfg.get("n_shared_experts") or 0),
-            active_experts=int(cfg.get("num_experts_per_tok") or 2),
-            expert_intermediate_size=int(cfg.get("moe_intermediate_size") or inter),
-            first_dense_layers=int(cfg.get("first_k_dense_replace") or 0),
-        )
-    mla = None
-    if cfg.get("kv_lora_rank"):
-        mla = Mla(
-            q_lora_rank=cfg.get("q_lora_rank"),
-            kv_lora_rank=int(cfg["kv_lora_rank"]),
-            qk_nope_head_dim=int(cfg["qk_nope_head_dim"]),
-            qk_rope_head_dim=int(cfg["qk_rope_head_dim"]),
-            v_head_dim=int(cfg["v_head_dim"]),
-        )
     arch = " ".join(cfg.get("architectures") or [])
     bias = bool(cfg.get("attention_bias", "Qwen2" in arch))
     return Model(
@@ -237,9 +234,48 @@ def model_from_hf_config(
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         max_context=int(cfg.get("max_position_embeddings") or 4096),
         attention_bias=bias,
+        qk_norm="Qwen3" in arch or str(cfg.get("model_type", "")).startswith("qwen3"),
         moe=moe,
         mla=mla,
         mtp_layers=int(cfg.get("num_nextn_predict_layers") or 0),
+    )
+
+
+def _moe_from_hf(cfg: Mapping[str, Any], inter: int) -> Moe | None:
+    # DeepSeek: n_routed_experts; Mixtral: num_local_experts; Qwen3 MoE: num_experts
+    routed = int(
+        cfg.get("n_routed_experts") or cfg.get("num_local_experts") or cfg.get("num_experts") or 0
+    )
+    if not routed:
+        return None
+    step = cfg.get("decoder_sparse_step")
+    step = 1 if step is None else int(step)
+    if step < 1:
+        raise PlanError(
+            f"config.json `decoder_sparse_step` must be >= 1, got {step}",
+            field="model_config.decoder_sparse_step",
+        )
+    return Moe(
+        routed_experts=routed,
+        shared_experts=int(cfg.get("n_shared_experts") or 0),
+        active_experts=int(cfg.get("num_experts_per_tok") or 2),
+        # Mixtral has no moe_intermediate_size: its intermediate_size is per expert
+        expert_intermediate_size=int(cfg.get("moe_intermediate_size") or inter),
+        first_dense_layers=int(cfg.get("first_k_dense_replace") or 0),
+        layer_step=step,
+        dense_layers=tuple(int(i) for i in cfg.get("mlp_only_layers") or ()),
+    )
+
+
+def _mla_from_hf(cfg: Mapping[str, Any]) -> Mla | None:
+    if not cfg.get("kv_lora_rank"):
+        return None
+    return Mla(
+        q_lora_rank=cfg.get("q_lora_rank"),
+        kv_lora_rank=int(cfg["kv_lora_rank"]),
+        qk_nope_head_dim=int(cfg["qk_nope_head_dim"]),
+        qk_rope_head_dim=int(cfg["qk_rope_head_dim"]),
+        v_head_dim=int(cfg["v_head_dim"]),
     )
 
 

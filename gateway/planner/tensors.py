@@ -47,7 +47,7 @@ def _layer(model: Model, i: int, *, group_override: str | None) -> list[Tensor]:
     items += list(_mla(model, i) if model.mla else _gqa(model, i))
     items.append(_norm(f"blk.{i}.ffn_norm.weight", i, model.hidden_size))
     moe = model.moe
-    if moe and i >= moe.first_dense_layers:
+    if moe and moe.is_moe_layer(i):
         items += list(_moe_ffn(model, i))
     else:
         items += list(_dense_ffn(model, i))
@@ -64,6 +64,9 @@ def _gqa(m: Model, i: int) -> Iterator[Tensor]:
     yield _t(f"blk.{i}.attn_q.weight", i, m.hidden_size, q, "attn")
     yield _t(f"blk.{i}.attn_k.weight", i, m.hidden_size, kv, "attn")
     yield _t(f"blk.{i}.attn_v.weight", i, m.hidden_size, kv, "attn")
+    if m.qk_norm:
+        yield _norm(f"blk.{i}.attn_q_norm.weight", i, m.head_dim)
+        yield _norm(f"blk.{i}.attn_k_norm.weight", i, m.head_dim)
     if m.attention_bias:
         yield _norm(f"blk.{i}.attn_q.bias", i, q)
         yield _norm(f"blk.{i}.attn_k.bias", i, kv)

@@ -20,8 +20,12 @@ _BASE = {
     "q5_k_s": "q5_k",
     "q5_k_m": "q5_k",
     "q6_k": "q6_k",
+    "q6_k_l": "q6_k",  # bartowski's Q6_K with --token-embedding-type/--output-tensor-type q8_0
     "q8_0": "q8_0",
     "q4_0": "q4_0",
+    "q4_1": "q4_1",
+    "q5_0": "q5_0",
+    "q5_1": "q5_1",
     "iq4_xs": "iq4_xs",
     "iq2_xxs": "iq2_xxs",
     "iq1_s": "iq1_s",
@@ -43,6 +47,9 @@ _FALLBACK = {
     "q6_k": "q8_0",
 }
 _LOW_IQ = ("iq2_xxs", "iq1_s")
+_BLOCK_32 = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
+# ftypes whose attn_output goes to Q5_K in 8-expert models (Mixtral)
+_MOE8_ATTN_OUTPUT_Q5_K = ("q2_k", "q3_k_s", "q3_k_m", "q4_k_s", "q4_k_m", "iq4_xs")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,7 +100,7 @@ def weights(model: Model, quant: Quant, catalog: Catalog, *, include_mtp: bool =
     """Bytes of each tensor of `model` stored as `quant`."""
     ts = tensors(model, include_mtp=include_mtp)
     if quant.is_gguf:
-        types = _gguf_types(model, quant.ftype or "f16", ts)
+        types = _gguf_types(model, quant, ts)
         items = [
             PlacedTensor(tensor=t, dtype=d, bytes=_gguf_bytes(t, d, catalog))
             for t, d in zip(ts, types, strict=True)
@@ -116,18 +123,23 @@ def _safetensors_bytes(t: Tensor, quant: Quant) -> int:
     return int(t.n_elem * (quant.linear_bits or 16) / 8)
 
 
-def _gguf_types(model: Model, ftype: str, ts: list[Tensor]) -> list[str]:
+def _gguf_types(model: Model, quant: Quant, ts: list[Tensor]) -> list[str]:
+    ftype = quant.ftype or "f16"
     base = _BASE[ftype]
     if base in ("f16", "f32", "bf16"):
         return ["f32" if t.is_1d or t.group == "router" else base for t in ts]
     rules = _MixRules(model, ftype, n_attn_v=sum(1 for t in ts if "attn_v.weight" in t.name))
+    overrides = {"embd": quant.token_embedding_type, "output": quant.output_tensor_type}
     out = []
     for t in ts:
         if t.is_1d or t.group == "router":  # norms and biases, and MoE gating: never quantized
             out.append("f32")
             continue
+        if overrides.get(t.group):  # llama-quantize applies these as given, with no fallback
+            out.append(str(overrides[t.group]))
+            continue
         dtype = rules.type_for(t, base)
-        elems = 32 if dtype in ("q8_0", "q4_0", "q5_0", "q5_1", "iq4_nl") else 256
+        elems = 32 if dtype in _BLOCK_32 else 256
         if t.row % elems:
             dtype = _FALLBACK.get(dtype, "q8_0")
         out.append(dtype)
@@ -152,7 +164,8 @@ class _MixRules:
 
     def type_for(self, t: Tensor, base: str) -> str:
         f, name = self.ftype, t.name
-        if t.group == "output":
+        # a tied token_embd is the output matrix too, and gets its type
+        if t.group == "output" or (t.group == "embd" and self.m.tie_embeddings):
             if t.row % 256 and base != "q8_0":
                 return "q8_0"
             return "q5_k" if f in _LOW_IQ else ("q8_0" if base == "q8_0" else "q6_k")
@@ -162,16 +175,27 @@ class _MixRules:
             return self._low_iq(name, base)
         if "attn_v.weight" in name:
             return self._attn_v(base)
+        if "attn_k.weight" in name and self.n_expert == 8:
+            return "q8_0"  # "for the 8-expert model, bumping this to Q8_0 trades just ~128MB"
         if "ffn_down" in name:
             return self._ffn_down(t, base)
         if "attn_output.weight" in name:
-            return {"q2_k": "q3_k", "q3_k_m": "q4_k", "q3_k_l": "q5_k"}.get(f, base)
+            return self._attn_output(base)
         return base
+
+    def _attn_output(self, base: str) -> str:
+        if self.n_expert == 8:
+            return "q5_k" if self.ftype in _MOE8_ATTN_OUTPUT_Q5_K else base
+        return {"q2_k": "q3_k", "q3_k_m": "q4_k", "q3_k_l": "q5_k"}.get(self.ftype, base)
 
     def _low_iq(self, name: str, base: str) -> str:
         if "attn_v.weight" in name:
             self.i_attn_v += 1
             return "q4_k" if self.gqa4 or self.n_expert >= 4 else "q2_k"
+        if "attn_k.weight" in name and self.n_expert == 8:
+            return "q4_k"
+        if "attn_output.weight" in name and self.n_expert == 8:
+            return "q5_k"
         if "ffn_down" in name:
             low = self.i_ffn_down < self.n_layer // 8
             self.i_ffn_down += 1
@@ -196,7 +220,7 @@ class _MixRules:
             new = "q5_k"
         if self.m.is_70b_class and new in ("q3_k", "q4_k"):
             new = "q5_k"
-        return new
+        return "q8_0" if self.n_expert == 8 else new
 
     def _ffn_down(self, t: Tensor, base: str) -> str:
         # MoE models take the layer from the tensor name; dense ones count ffn_down tensors
