@@ -123,6 +123,8 @@ class DecodeKnobs:
     eta: float  # achieved share of peak memory bandwidth
     t_fixed_ms: float  # per decode step (launches, scheduler)
     t_seq_us: float = 0.0  # per sequence per step (sampling, detokenisation, bookkeeping)
+    gemm_half_tokens: float = 0.0  # tokens per step at which GEMMs reach half their efficiency
+    allreduce_latency_us: float | None = None  # None: the engine's
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,7 +145,6 @@ class Engine:
     max_num_batched_tokens: int = 8192
     allreduce_latency_us: float = 10.0  # per all-reduce and per doubling of the TP degree
     kquant_prefill_factor: float = 1.0
-    gemm_half_tokens: float = 0.0  # tokens per step at which GEMMs reach half their efficiency
     moe_token_us: float = 0.0  # per MoE layer per token routed (grouped GEMM, dispatch)
     fitted: str = ""  # where the fitted constants came from
 

@@ -44,8 +44,8 @@ DENSE_KNOBS: dict[str, Knob] = {
     "decode.hbm.t_fixed_ms": _decode("t_fixed_ms"),
     "decode.hbm.t_seq_us": _decode("t_seq_us"),
     "prefill_eta.hbm": _prefill_eta(),
-    "allreduce_latency_us": _engine("allreduce_latency_us"),
-    "gemm_half_tokens": _engine("gemm_half_tokens"),
+    "decode.hbm.allreduce_latency_us": _decode("allreduce_latency_us"),
+    "decode.hbm.gemm_half_tokens": _decode("gemm_half_tokens"),
 }
 MOE_KNOBS: dict[str, Knob] = {
     "moe_layer_ms": _engine("moe_layer_ms"),
@@ -60,8 +60,8 @@ START = {
     "decode.hbm.t_fixed_ms": 1.0,
     "decode.hbm.t_seq_us": 10.0,
     "prefill_eta.hbm": 0.55,
-    "allreduce_latency_us": 10.0,
-    "gemm_half_tokens": 100.0,
+    "decode.hbm.allreduce_latency_us": 10.0,
+    "decode.hbm.gemm_half_tokens": 100.0,
     "moe_layer_ms": 0.45,
     "moe_token_us": 1.0,
 }

@@ -95,7 +95,7 @@ class SpeedModel:
     def _flops(self, tokens: float) -> float:
         """Achieved FLOP/s of one GPU on this quantization's GEMMs with `tokens` rows per step:
         small GEMMs use a fraction of the tensor cores (tokens / (tokens + gemm_half_tokens))."""
-        half = self.engine.gemm_half_tokens
+        half = self._knobs.gemm_half_tokens
         eta = self.engine.prefill_eta[self.gpu.memory_class] * (
             1.0 if half <= 0 else max(tokens, 1.0) / (max(tokens, 1.0) + half)
         )
@@ -120,7 +120,8 @@ class SpeedModel:
         m = self.model
         volume = 2 * (p.tp - 1) / p.tp * batch * m.hidden_size * 2  # ring all-reduce, 16-bit
         # latency per all-reduce grows with the steps of the collective: log2(tp)
-        latency = self.engine.allreduce_latency_us * 1e-6 * math.log2(p.tp)
+        us = self._knobs.allreduce_latency_us
+        latency = (self.engine.allreduce_latency_us if us is None else us) * 1e-6 * math.log2(p.tp)
         per = latency + volume / (self.gpu.link_gb_s * 1e9)
         return 2 * m.num_layers * per  # two all-reduces per layer
 
