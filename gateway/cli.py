@@ -79,6 +79,17 @@ def fraction(text: str) -> float:
     return value
 
 
+def unit_fraction(text: str) -> float:
+    """A share in (0, 1]: `0.9`."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number like 0.9") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def qps_list(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(x) for x in text.split(",") if x.strip())
@@ -247,7 +258,13 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
         help="growing targets, e.g. 25,50,75: replicas needed at each stage",
     )
     k = p.add_argument_group("engine and hardware")
-    k.add_argument("--kv-dtype", choices=sorted(KV_DTYPES), default="auto")
+    k.add_argument(
+        "--kv-dtype",
+        choices=sorted(KV_DTYPES),
+        default="auto",
+        help="KV cache type: vLLM auto or fp8 (--kv-cache-dtype); llama.cpp f16, q8_0 or q4_0 "
+        "(-ctk/-ctv). Default auto: the model's dtype",
+    )
     k.add_argument(
         "--mla-cache",
         choices=MLA_LAYOUTS,
@@ -257,7 +274,33 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     )
     k.add_argument("--gpus-per-replica", type=positive(int), help="force TP size / split GPUs")
     k.add_argument("--max-gpus-per-replica", type=positive(int))
-    k.add_argument("--max-batch", type=positive(int), help="cap on concurrent sequences")
+    k.add_argument(
+        "--max-num-seqs",
+        "--max-batch",
+        dest="max_num_seqs",
+        type=positive(int),
+        metavar="N",
+        help="cap on concurrent sequences per replica: vLLM --max-num-seqs, llama.cpp -np "
+        "(default: the engine's, 256 for vLLM, 64 for llama.cpp)",
+    )
+    k.add_argument(
+        "--max-num-batched-tokens",
+        type=positive(int),
+        metavar="N",
+        help="vLLM's chunked-prefill token budget per step (default 8192)",
+    )
+    k.add_argument(
+        "--gpu-memory-utilization",
+        type=unit_fraction,
+        metavar="F",
+        help="vLLM's share of each GPU's memory, in (0, 1] (default 0.9)",
+    )
+    k.add_argument(
+        "--gpu-layers",
+        type=positive(int),
+        metavar="N",
+        help="llama.cpp: force -ngl N, the last N layers on the GPU (default: as many as fit)",
+    )
     k.add_argument("--gpu-price", type=positive(float), help="USD per GPU-hour (overrides catalog)")
     k.add_argument(
         "--per-card-qps",
@@ -292,7 +335,10 @@ def request_from_args(args: argparse.Namespace, catalog: Catalog) -> PlanRequest
         mla_cache=args.mla_cache,
         gpus_per_replica=args.gpus_per_replica,
         max_gpus_per_replica=args.max_gpus_per_replica,
-        max_batch=args.max_batch,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        gpu_layers=args.gpu_layers,
         gpu_price_usd_per_hour=args.gpu_price,
         per_card_qps=args.per_card_qps,
         host_bandwidth_gb_s=args.cpu_bandwidth,

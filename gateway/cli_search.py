@@ -13,13 +13,16 @@ from gateway import planfile
 from gateway.planner.capacity import Workload
 from gateway.planner.catalog import Catalog
 from gateway.planner.errors import PlanError
+from gateway.planner.plan import ENGINE_KV_DTYPES, ENGINE_ONLY
 from gateway.planner.prices import Price, prices_from_dict
 from gateway.planner.quality import load_quality
 from gateway.planner.search import SearchSpace, search
 from gateway.planner.search_report import option_plan, render_search_text, search_dict
 
 SEARCH_ONLY = ("gpus", "quants", "engines", "min_quality", "prices", "pick", "plot")
-NOT_WITH_SEARCH = {"per_card_qps": None, "ramp": (), "gpu_price": None}
+NOT_WITH_SEARCH = {"per_card_qps": None, "ramp": (), "gpu_price": None, "gpu_layers": None}
+# engine knobs: with --search, an error about one names the engine filter to add
+ENGINE_KNOBS = ("kv_dtype", "max_num_batched_tokens", "gpu_memory_utilization")
 
 
 def names(text: str) -> tuple[str, ...]:
@@ -106,18 +109,27 @@ def workload_from_args(args: argparse.Namespace) -> Workload:
 
 
 def cmd_search(args: argparse.Namespace, catalog: Catalog, *, model: Any) -> int:
-    result = search(
-        catalog,
-        model=model,
-        workload=workload_from_args(args),
-        space=space_from_args(args),
-        prices=read_prices(args.prices, catalog) if args.prices else None,
-        kv_dtype=args.kv_dtype,
-        mla_cache=args.mla_cache,
-        max_batch=args.max_batch,
-        host_bandwidth_gb_s=args.cpu_bandwidth,
-        cpu_ram_gib=args.cpu_ram,
-    )
+    try:
+        result = search(
+            catalog,
+            model=model,
+            workload=workload_from_args(args),
+            space=space_from_args(args),
+            prices=read_prices(args.prices, catalog) if args.prices else None,
+            kv_dtype=args.kv_dtype,
+            mla_cache=args.mla_cache,
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            host_bandwidth_gb_s=args.cpu_bandwidth,
+            cpu_ram_gib=args.cpu_ram,
+        )
+    except PlanError as e:
+        if e.field not in ENGINE_KNOBS:
+            raise
+        raise PlanError(
+            f"{e}; with --search add {_engines_with(args, e.field)}", field=e.field
+        ) from None
     data = search_dict(result)
     pick = args.pick or 1
     if args.output and not result.options:
@@ -137,6 +149,15 @@ def cmd_search(args: argparse.Namespace, catalog: Catalog, *, model: Any) -> int
         for line in written:
             print(line)
     return 0 if result.options else 1
+
+
+def _engines_with(args: argparse.Namespace, knob: str) -> str:
+    """`--engines vllm`: the engine filter under which a knob's value makes sense."""
+    if knob == "kv_dtype":
+        owners = [e for e, kinds in ENGINE_KV_DTYPES.items() if args.kv_dtype in kinds]
+    else:
+        owners = [ENGINE_ONLY[knob][0]]
+    return "--engines " + ",".join(owners)
 
 
 def _write_files(args: argparse.Namespace, data: dict, result: Any, pick: int) -> list[str]:

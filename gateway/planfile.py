@@ -38,6 +38,23 @@ POSITIVE = (
     "inputs.workload.ttft_slo_s",
     "inputs.workload.tpot_slo_s",
 )
+# dotted key -> (accepted types, bound) of fields a file may leave out: the engine knobs, added
+# to version 1 without a new version since a file without them means the engine's defaults
+OPTIONAL: dict[str, tuple[tuple[type, ...], str]] = {
+    "inputs.gpus_per_replica": ((int, type(None)), "> 0"),
+    "inputs.max_num_seqs": ((int, type(None)), "> 0"),
+    "inputs.max_num_batched_tokens": ((int, type(None)), "> 0"),
+    "inputs.gpu_memory_utilization": ((int, float, type(None)), "in (0, 1]"),
+    "inputs.gpu_layers": ((int, type(None)), "> 0"),
+    "engine_settings.max_num_batched_tokens": ((int,), "> 0"),
+    "engine_settings.gpu_memory_utilization": ((int, float), "in (0, 1]"),
+    "replica.batch_limited_by": ((str, type(None)), ""),
+}
+BOUNDS: dict[str, Callable[[float], bool]] = {
+    "> 0": lambda v: v > 0,
+    "in (0, 1]": lambda v: 0 < v <= 1,
+    "": lambda v: True,
+}
 FIT_KINDS = ("gpu", "tensor_parallel", "partial_offload", "moe_offload", "none")
 
 
@@ -66,16 +83,27 @@ def load(text: str) -> dict[str, Any]:
             field="version",
         )
     for key, types in REQUIRED.items():
-        value = lookup(data, key)
-        if isinstance(value, bool) or not isinstance(value, types):
-            want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
-            raise PlanFileError(f"`{key}` must be {want}, got {value!r}", field=key)
+        _check_type(key, lookup(data, key), types)
+    for key, (types, bound) in OPTIONAL.items():
+        try:
+            value = lookup(data, key)
+        except PlanFileError:
+            continue
+        _check_type(key, value, types)
+        if value is not None and not isinstance(value, str) and not BOUNDS[bound](value):
+            raise PlanFileError(f"`{key}` must be {bound}, got {value!r}", field=key)
     for key in POSITIVE:
         if not (value := lookup(data, key)) > 0:
             raise PlanFileError(f"`{key}` must be > 0, got {value!r}", field=key)
     if data["fit"]["kind"] not in FIT_KINDS:
         raise PlanFileError(f"`fit.kind` must be one of {', '.join(FIT_KINDS)}", field="fit.kind")
     return data
+
+
+def _check_type(key: str, value: Any, types: tuple[type, ...]) -> None:
+    if isinstance(value, bool) or not isinstance(value, types):
+        want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+        raise PlanFileError(f"`{key}` must be {want}, got {value!r}", field=key)
 
 
 def lookup(

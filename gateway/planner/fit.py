@@ -26,6 +26,10 @@ class FitInput:
     max_gpus_per_replica: int | None = None
     host_bandwidth_gb_s: float = 100.0
     cpu_ram_gib: float | None = None  # None: report the need, do not limit
+    # vLLM's limits as the request sets them; None: the engine's
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    gpu_memory_utilization: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,7 +101,26 @@ def _tp_degrees(inp: FitInput) -> list[tuple[int, int]]:
         return [(n, 1)] if n <= node else [(node, -(-n // node))]
     out = [(tp, 1) for tp in (1, 2, 4, 8) if tp <= _max_gpus(inp)]
     out += [(8, pp) for pp in (2, 3, 4) if 8 * pp <= _max_gpus(inp)]
-    return [(tp, pp) for tp, pp in out if inp.model.num_heads % tp == 0]
+    return [(tp, pp) for tp, pp in out if not tp_problem(inp.model, tp)]
+
+
+def tp_problem(m: Model, tp: int) -> str:
+    """Why vLLM refuses tensor parallel `tp` for the model ("" when it does not): the attention
+    heads must divide evenly, and the KV heads either divide or are replicated evenly."""
+    if m.num_heads % tp:
+        return f"{m.num_heads} attention heads do not divide by {tp}"
+    kv = m.num_kv_heads
+    if (kv % tp if kv >= tp else tp % kv) and not m.mla:
+        return f"{kv} KV heads neither divide by {tp} nor replicate evenly over it"
+    return ""
+
+
+def tp_degrees(m: Model, e: Engine) -> list[int]:
+    """GPUs per replica vLLM accepts for the model: TP within a node, TP x PP beyond it."""
+    node = e.gpus_per_node
+    within = [n for n in range(1, node + 1) if not tp_problem(m, n)]
+    beyond = range(2 * node, e.max_gpus_per_replica + 1, node) if node in within else []
+    return [*within, *beyond]
 
 
 def _tp_fit(inp: FitInput, tp: int, pp: int) -> Fit:
@@ -105,8 +128,9 @@ def _tp_fit(inp: FitInput, tp: int, pp: int) -> Fit:
     n = tp * pp
     embd = inp.weights.bytes_by_group().get("embd", 0)
     total = inp.weights.total_bytes
-    reserve = e.runtime_reserve_gib * GIB + _activation_bytes(m, e, tp)
-    budget = g.memory_gib * GIB * e.gpu_memory_utilization - reserve - total / n
+    reserve = e.runtime_reserve_gib * GIB + _activation_bytes(inp, tp)
+    share = inp.gpu_memory_utilization or e.gpu_memory_utilization
+    budget = g.memory_gib * GIB * share - reserve - total / n
     kv_tok = kv_bytes_per_token_per_gpu(
         m, e, tp=tp, pp=pp, dtype_bytes=inp.kv_dtype_bytes, mla_layout=inp.mla_layout
     )
@@ -132,13 +156,15 @@ def _tp_fit(inp: FitInput, tp: int, pp: int) -> Fit:
     return fit
 
 
-def _activation_bytes(m: Model, e: Engine, tp: int) -> float:
+def _activation_bytes(inp: FitInput, tp: int) -> float:
     """vLLM's profiled peak: one max-size prefill chunk's activations plus the sampler's logits."""
+    m, e = inp.model, inp.engine
     ffn = max(
         m.intermediate_size, m.moe.expert_intermediate_size * m.moe.active_experts if m.moe else 0
     )
-    chunk = e.max_num_batched_tokens * (4 * m.hidden_size + 2 * ffn / tp) * 2
-    logits = e.max_num_seqs * m.vocab_size * 4
+    tokens = inp.max_num_batched_tokens or e.max_num_batched_tokens
+    chunk = tokens * (4 * m.hidden_size + 2 * ffn / tp) * 2
+    logits = (inp.max_num_seqs or e.max_num_seqs) * m.vocab_size * 4
     return chunk + logits
 
 

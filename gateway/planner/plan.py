@@ -16,7 +16,7 @@ from gateway.planner.capacity import (
 )
 from gateway.planner.catalog import Catalog, Engine, Gpu, Model, Quant
 from gateway.planner.errors import PlanError
-from gateway.planner.fit import Fit, FitInput, fit_options
+from gateway.planner.fit import Fit, FitInput, fit_options, tp_degrees, tp_problem
 from gateway.planner.hosted import api_price
 from gateway.planner.kvcache import kv_bytes_per_token
 from gateway.planner.speed import SpeedModel, active_params
@@ -31,6 +31,23 @@ KV_DTYPES = {
     "q8_0": 34 / 32,
     "q4_0": 18 / 32,
 }
+# The KV cache types each engine takes: vLLM's --kv-cache-dtype, llama.cpp's -ctk/-ctv.
+ENGINE_KV_DTYPES = {
+    "vllm": ("auto", "f16", "fp16", "bf16", "fp8"),
+    "llama.cpp": ("auto", "f16", "fp16", "bf16", "q8_0", "q4_0"),
+}
+# Knobs only one engine has: field -> (the engine id that has it, what it is).
+ENGINE_ONLY = {
+    "gpu_layers": ("llama.cpp", "llama.cpp's -ngl; vLLM keeps every layer on the GPU"),
+    "max_num_batched_tokens": (
+        "vllm",
+        "vLLM's chunked-prefill token budget; llama.cpp prefills in -ub micro-batches",
+    ),
+    "gpu_memory_utilization": (
+        "vllm",
+        "vLLM's share of GPU memory; llama.cpp allocates what -ngl and -c need",
+    ),
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,7 +61,10 @@ class PlanRequest:
     mla_cache: str = "latent"
     gpus_per_replica: int | None = None
     max_gpus_per_replica: int | None = None
-    max_batch: int | None = None
+    max_num_seqs: int | None = None  # vLLM max_num_seqs, llama.cpp's -np cap; None: the engine's
+    max_batch: int | None = None  # the same setting under its older name
+    max_num_batched_tokens: int | None = None  # vLLM's chunked-prefill budget; None: the engine's
+    gpu_memory_utilization: float | None = None  # vLLM's share of GPU memory; None: the engine's
     gpu_price_usd_per_hour: float | None = None
     per_card_qps: float | None = None  # a measured or claimed figure that replaces the model's
     host_bandwidth_gb_s: float = 100.0
@@ -52,6 +72,20 @@ class PlanRequest:
     ramp_qps: tuple[float, ...] = ()
     api_model: str | None = None
     gpu_layers: int | None = None  # force llama.cpp -ngl (reference rows measured that way)
+
+    @property
+    def seqs_cap(self) -> int:
+        """The most sequences one replica runs at once: the request's, else the engine's."""
+        return self.max_num_seqs or self.max_batch or self.engine.max_num_seqs
+
+    @property
+    def batched_tokens(self) -> int:
+        """Tokens one vLLM step may schedule: the request's, else the engine's."""
+        return self.max_num_batched_tokens or self.engine.max_num_batched_tokens
+
+    @property
+    def memory_utilization(self) -> float:
+        return self.gpu_memory_utilization or self.engine.gpu_memory_utilization
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,15 +173,66 @@ def check_request(req: PlanRequest, catalog: Catalog) -> None:
         ("per_card_qps", req.per_card_qps),
         ("gpu_price", req.gpu_price_usd_per_hour),
         ("gpus_per_replica", req.gpus_per_replica),
+        ("max_num_seqs", req.max_num_seqs),
         ("max_batch", req.max_batch),
+        ("max_num_batched_tokens", req.max_num_batched_tokens),
+        ("gpu_layers", req.gpu_layers),
     ):
         if value is not None and not value > 0:
             raise PlanError(f"`{name}` must be > 0, got {value}", field=name)
+    if req.max_num_seqs and req.max_batch and req.max_num_seqs != req.max_batch:
+        raise PlanError(
+            f"`max_batch` is another name for `max_num_seqs`: {req.max_batch} != "
+            f"{req.max_num_seqs}",
+            field="max_num_seqs",
+        )
+    u = req.gpu_memory_utilization
+    if u is not None and not 0 < u <= 1:
+        raise PlanError(
+            f"`gpu_memory_utilization` must be in (0, 1], got {u}", field="gpu_memory_utilization"
+        )
+    check_engine_knobs(req.engine, req)
+
+
+def check_engine_knobs(engine: Engine, req: PlanRequest) -> None:
+    """Raise PlanError naming the field for a knob `engine` does not have."""
+    kinds = ENGINE_KV_DTYPES.get(engine.id)
+    if kinds is not None and req.kv_dtype not in kinds:
+        flag = "-ctk/-ctv" if engine.id == "llama.cpp" else "--kv-cache-dtype"
+        takes = ", ".join(k for k in kinds if k not in ("auto", "fp16"))
+        raise PlanError(
+            f"{_short(engine)}'s KV cache ({flag}) takes {takes}, not {req.kv_dtype!r}",
+            field="kv_dtype",
+        )
+    for name, (owner, what) in ENGINE_ONLY.items():
+        if getattr(req, name) is not None and engine.id != owner:
+            raise PlanError(f"`{name}` is {what}", field=name)
+
+
+def _short(engine: Engine) -> str:
+    return engine.name.split(" (")[0]
+
+
+def check_parallel(req: PlanRequest) -> None:
+    """A forced --gpus-per-replica vLLM would refuse (heads not divisible) is an error."""
+    n = req.gpus_per_replica
+    if not n or req.engine.multi_gpu != "tensor_parallel":
+        return
+    tp = min(n, req.engine.gpus_per_node)
+    problem = tp_problem(req.model, tp)
+    if problem:
+        valid = ", ".join(str(d) for d in tp_degrees(req.model, req.engine))
+        raise PlanError(
+            f"{req.engine.name} refuses tensor parallel {tp} for {req.model.name}: {problem} "
+            f"(it takes --gpus-per-replica {valid})",
+            field="gpus_per_replica",
+        )
 
 
 def make_plan(req: PlanRequest, catalog: Catalog) -> Plan:
     """The plan for one request; a `none` fit carries the reason and the nearest options."""
     check_request(req, catalog)
+    check_parallel(req)
     w = weights(req.model, req.quant, catalog)
     options = fit_options(fit_input(req, w))
     if not options[0].ok:
@@ -179,6 +264,9 @@ def fit_input(req: PlanRequest, w: Weights) -> FitInput:
         host_bandwidth_gb_s=req.host_bandwidth_gb_s,
         cpu_ram_gib=req.cpu_ram_gib,
         gpu_layers=req.gpu_layers,
+        max_num_seqs=req.seqs_cap,
+        max_num_batched_tokens=req.batched_tokens,
+        gpu_memory_utilization=req.memory_utilization,
     )
 
 
@@ -192,6 +280,7 @@ def speed_model(req: PlanRequest, w: Weights, fit: Fit) -> SpeedModel:
         placement=fit.placement,
         kv_bytes_per_token_gpu=fit.kv_bytes_per_token_gpu,
         active_params=active_params(req.model, params_by_group=w.params_by_group()),
+        max_num_batched_tokens=req.max_num_batched_tokens,
     )
 
 
@@ -203,9 +292,7 @@ def plan_for_fit(req: PlanRequest, w: Weights, fit: Fit) -> Plan:
 def _plan_for_fit(req: PlanRequest, w: Weights, fit: Fit) -> Plan:
     wl = req.workload
     speed = speed_model(req, w, fit)
-    rep = replica_capacity(
-        speed, wl, kv_tokens=fit.kv_tokens, cap=req.max_batch or req.engine.max_num_seqs
-    )
+    rep = replica_capacity(speed, wl, kv_tokens=fit.kv_tokens, cap=engine_cap(req))
     warnings = _warnings(req, fit, rep)
     if req.per_card_qps:
         rep = replace(
@@ -228,6 +315,14 @@ def _plan_for_fit(req: PlanRequest, w: Weights, fit: Fit) -> Plan:
         ramp=ramp,
         warnings=warnings,
     )
+
+
+def engine_cap(req: PlanRequest) -> int:
+    """The batch the engine's limits allow: max_num_seqs, and for vLLM the step's token budget
+    too (each running sequence takes one token of it per decode step)."""
+    if req.engine.multi_gpu != "tensor_parallel":
+        return req.seqs_cap
+    return min(req.seqs_cap, req.batched_tokens)
 
 
 def _warnings(req: PlanRequest, fit: Fit, rep: ReplicaCapacity) -> list[str]:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Any
 
 from gateway.planner.capacity import HOURS_PER_MONTH
 from gateway.planner.fit import GIB
 from gateway.planner.kvcache import kv_bytes_per_token
-from gateway.planner.plan import KV_DTYPES, Plan, api_comparison, monthly_cost
+from gateway.planner.plan import KV_DTYPES, Plan, api_comparison, engine_cap, monthly_cost
 
 PLAN_VERSION = 1
+SHOWN_IN_FIT = ("tensor_parallel_size", "pipeline_parallel_size", "n_cpu_moe", "split_gpus")
 
 
 def _r(x: float | None, nd: int = 3) -> float | None:
@@ -39,6 +41,12 @@ def inputs_dict(plan: Plan) -> dict[str, Any]:
         "gpu_price_usd_per_hour": plan.price,
         "per_card_qps": req.per_card_qps,
         "cpu_bandwidth_gb_s": req.host_bandwidth_gb_s,
+        # the engine knobs as asked for; null: the engine's default (engine_settings has the value)
+        "gpus_per_replica": req.gpus_per_replica,
+        "max_num_seqs": req.max_num_seqs or req.max_batch,
+        "max_num_batched_tokens": req.max_num_batched_tokens,
+        "gpu_memory_utilization": req.gpu_memory_utilization,
+        "gpu_layers": req.gpu_layers,
     }
 
 
@@ -56,7 +64,8 @@ def engine_settings(plan: Plan) -> dict[str, Any]:
             # costs no memory (the batch limit is max_num_seqs), while the plan's mean length
             # would turn every longer-than-average prompt into a 400
             "max_model_len": min(req.model.max_context, fit.kv_tokens),
-            "gpu_memory_utilization": req.engine.gpu_memory_utilization,
+            "max_num_batched_tokens": req.batched_tokens,
+            "gpu_memory_utilization": req.memory_utilization,
             "kv_cache_dtype": req.kv_dtype,
         }
     return {
@@ -68,6 +77,29 @@ def engine_settings(plan: Plan) -> dict[str, Any]:
         "cache_type": req.kv_dtype,
         "flash_attn": req.kv_dtype not in ("auto", "f16", "fp16"),
     }
+
+
+def batch_limit_text(plan: Plan) -> str:
+    """What set the replica's batch, in words: `max_num_seqs (engine default 256)`."""
+    req, rep = plan.request, plan.replica
+    assert rep is not None
+    if rep.batch_limit == "engine_cap":
+        if engine_cap(req) < req.seqs_cap:
+            name, value, given = (
+                "max_num_batched_tokens",
+                req.batched_tokens,
+                req.max_num_batched_tokens,
+            )
+        else:
+            name, value, given = "max_num_seqs", req.seqs_cap, req.max_num_seqs or req.max_batch
+        flag = "--" + name.replace("_", "-")
+        return f"{name} {value} ({flag})" if given else f"{name} (engine default {value})"
+    return {
+        "kv_memory": f"KV memory ({plan.fit.kv_tokens:,} tokens of cache, "
+        f"{req.workload.context:,} per request)",
+        "tpot_slo": f"the TPOT SLO ({req.workload.tpot_slo_s * 1e3:g} ms)",
+        "given": "the given per-card capacity (--per-card-qps)",
+    }.get(rep.batch_limit, rep.batch_limit)
 
 
 def plan_dict(plan: Plan) -> dict[str, Any]:
@@ -122,6 +154,7 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
             "gpus": fit.gpus if fit.ok else None,
             "max_batch": rep.max_batch if rep else None,
             "batch_limit": rep.batch_limit if rep else None,
+            "batch_limited_by": batch_limit_text(plan) if rep else None,
             "capacity_qps": _r(rep.capacity_qps) if rep else None,
             "per_card_qps": _r(rep.capacity_qps / fit.gpus) if rep else None,
             "slo_problem": (rep.problem or None) if rep else None,
@@ -174,14 +207,16 @@ def render_text(d: dict[str, Any]) -> str:
         f"(KV room: {m['kv_cache_tokens']:,} tokens)",
         f"  host RAM           {m['cpu_ram_gib']:.2f} GiB",
         "",
-        f"Fit: {f['kind']}  " + _fit_detail(f),
+        f"Fit: {f['kind']}  " + _fit_detail(f, forced=i.get("gpu_layers") is not None),
         "",
         "Speed (per replica)",
         f"  decode, batch 1    {s['decode_tokens_per_s_batch1']:.1f} tokens/s",
         f"  prefill            {s['prefill_tokens_per_s']:,.0f} tokens/s",
-        f"  max batch          {r['max_batch']} (limited by {r['batch_limit']})",
+        f"  max batch          {r['max_batch']}, limited by "
+        f"{r.get('batch_limited_by') or r['batch_limit']}",
         f"  capacity           {r['capacity_qps']:.3f} QPS per replica of {r['gpus']} GPU(s) "
         f"= {r['per_card_qps']:.3f} QPS per card",
+        *_settings_lines(d.get("engine_settings") or {}),
         "",
         "Fleet",
         f"  replicas           {fl['replicas']} x {r['gpus']} = {fl['gpus']} GPUs "
@@ -212,7 +247,7 @@ def render_text(d: dict[str, Any]) -> str:
     return "\n".join(lines + _warn(d)) + "\n"
 
 
-def _fit_detail(f: dict[str, Any]) -> str:
+def _fit_detail(f: dict[str, Any], *, forced: bool = False) -> str:
     if f["kind"] == "moe_offload":
         return (
             f"-ngl {f['gpu_layers']} --n-cpu-moe {f['n_cpu_moe']} "
@@ -221,7 +256,8 @@ def _fit_detail(f: dict[str, Any]) -> str:
         )
     if f["kind"] == "partial_offload":
         n = f["gpu_layers"]
-        return f"-ngl {n} (the last {n} layers on the GPU, the rest on the CPU)"
+        why = " as --gpu-layers asks" if forced else ""
+        return f"-ngl {n} (the last {n} layers on the GPU{why}, the rest on the CPU)"
     if f["pipeline_parallel"] > 1 and f["tensor_parallel"] == 1:
         return f"layer split over {f['pipeline_parallel']} GPUs"
     if f["pipeline_parallel"] > 1:
@@ -229,6 +265,21 @@ def _fit_detail(f: dict[str, Any]) -> str:
             f"tensor parallel {f['tensor_parallel']} x pipeline parallel {f['pipeline_parallel']}"
         )
     return f"tensor parallel {f['tensor_parallel']}"
+
+
+def _settings_lines(settings: dict[str, Any]) -> list[str]:
+    """The engine settings the plan holds for, wrapped: `max_num_seqs 18, kv_cache_dtype fp8`."""
+    shown = [
+        f"{k} {_setting(v)}"
+        for k, v in settings.items()
+        if v is not None and v is not False and k not in SHOWN_IN_FIT
+    ]
+    wrapped = textwrap.wrap(", ".join(shown), width=76) or ["(none)"]
+    return [f"  engine settings    {wrapped[0]}", *(" " * 21 + line for line in wrapped[1:])]
+
+
+def _setting(v: Any) -> str:
+    return "on" if v is True else f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def _fmt(x: float | None, spec: str) -> str:

@@ -27,6 +27,8 @@ def vllm_args(fleet: Fleet, *, port: int = ENGINE_PORT) -> list[str]:
     if s["pipeline_parallel_size"] > 1:
         args += ["--pipeline-parallel-size", str(s["pipeline_parallel_size"])]
     args += ["--max-num-seqs", str(s["max_num_seqs"]), "--max-model-len", str(s["max_model_len"])]
+    if s.get("max_num_batched_tokens"):  # version 1 plans left it to vLLM's default
+        args += ["--max-num-batched-tokens", str(s["max_num_batched_tokens"])]
     args += ["--gpu-memory-utilization", f"{s['gpu_memory_utilization']:g}"]
     kv = _kv(VLLM_KV, s["kv_cache_dtype"])
     if kv:
