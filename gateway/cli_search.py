@@ -16,7 +16,7 @@ from gateway.planner.errors import PlanError
 from gateway.planner.plan import ENGINE_KV_DTYPES, ENGINE_ONLY
 from gateway.planner.prices import Price, prices_from_dict
 from gateway.planner.quality import load_quality
-from gateway.planner.search import SearchSpace, search
+from gateway.planner.search import RANKINGS, SearchSpace, search
 from gateway.planner.search_report import option_plan, render_search_text, search_dict
 
 SEARCH_ONLY = ("gpus", "quants", "engines", "min_quality", "prices", "pick", "plot")
@@ -51,6 +51,13 @@ def add_search_arguments(p: argparse.ArgumentParser, *, positive: Any) -> None:
     s.add_argument("--prices", type=Path, help="prices.yaml overriding the catalog's GPU prices")
     s.add_argument("--pick", type=positive(int), help="with -o: write the plan of this row")
     s.add_argument("--plot", type=Path, help="write cost against capacity as PNG here")
+    s.add_argument(
+        "--rank",
+        choices=RANKINGS,
+        default="cost",
+        help="cost (default) or conservative: the cost with cards as slow as the model's "
+        "measured error for their engine",
+    )
     s.add_argument("--top", type=int, default=20, help="rows of the ranked table to print (0: all)")
 
 
@@ -93,6 +100,7 @@ def space_from_args(args: argparse.Namespace) -> SearchSpace:
         gpus_per_replica=args.gpus_per_replica,
         max_gpus_per_replica=args.max_gpus_per_replica,
         min_quality=args.min_quality,
+        rank_by=args.rank,
     )
 
 

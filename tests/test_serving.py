@@ -133,3 +133,48 @@ def test_model_error_table_is_current() -> None:
     text = render_error_table(error_table(predict_all(catalog), check_all(catalog)))
     shipped = resources.files("gateway.planner").joinpath("data/model_error.yaml")
     assert shipped.read_text(encoding="utf-8") == text, "model_error.yaml drifted: make accuracy"
+
+
+def _plan(**over: object) -> dict:
+    from gateway.planner.capacity import Workload
+    from gateway.planner.plan import make_plan, request_for
+
+    catalog = load_catalog()
+    wl = Workload(
+        prompt_tokens=1024, output_tokens=256, target_qps=20, ttft_slo_s=2, tpot_slo_s=0.05
+    )
+    args = {"model": "llama-3.1-70b", "quant": "fp8", "gpu": "h100-sxm", **over}
+    return make_plan(request_for(catalog, workload=wl, **args), catalog).to_dict()  # type: ignore[arg-type]
+
+
+def test_every_modelled_plan_carries_its_uncertainty() -> None:
+    from gateway.planner.report import render_text
+    from gateway.planner.uncertainty import _errors
+
+    d = _plan()
+    u = d["fleet"]["uncertainty"]
+    err = _errors()["dense vLLM"]
+    assert u["capacity_error"] == err.median and u["error_points"] == err.n
+    assert u["conservative_gpus"] >= d["fleet"]["gpus"] == u["gpus"]
+    assert f"uncertainty        {d['fleet']['gpus']} cards; {u['conservative_gpus']} if" in (
+        render_text(d)
+    )
+    moe = _plan(model="deepseek-r1", gpu="h200")["fleet"]["uncertainty"]
+    assert "MoE" in moe["error_basis"]
+    given = _plan(per_card_qps=2.0)["fleet"]["uncertainty"]
+    assert given is None  # a measured per-card figure is not the model's
+
+
+def test_search_ranks_by_the_conservative_cost() -> None:
+    from gateway.planner.capacity import Workload
+    from gateway.planner.search import SearchSpace, search
+
+    catalog = load_catalog()
+    wl = Workload(
+        prompt_tokens=1024, output_tokens=256, target_qps=20, ttft_slo_s=2, tpot_slo_s=0.05
+    )
+    space = SearchSpace(gpus=("h100-sxm", "h200", "l40s"), quants=("fp8",), rank_by="conservative")
+    opts = search(catalog, model=catalog.model("llama-3.1-70b"), workload=wl, space=space).options
+    costs = [o.conservative_monthly_usd for o in opts]
+    assert len(costs) > 3 and costs == sorted(costs)
+    assert all(o.conservative_monthly_usd >= o.monthly_usd for o in opts)

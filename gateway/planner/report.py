@@ -165,6 +165,7 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
             "utilization": _r(plan.utilization),
             "limited_by": plan.limited_by or None,
             "ramp": [{"target_qps": q, "replicas": n, "gpus": n * fit.gpus} for q, n in plan.ramp],
+            "uncertainty": _uncertainty(plan),
         },
         "cost": {
             "gpu_usd_per_hour": plan.price,
@@ -179,6 +180,13 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
         "engine_settings": engine_settings(plan) if fit.ok else None,
         "warnings": plan.warnings,
     }
+
+
+def _uncertainty(plan: Plan) -> dict[str, Any] | None:
+    from gateway.planner.uncertainty import uncertainty
+
+    u = uncertainty(plan)
+    return None if u is None else {**u.to_dict(), "line": u.line()}
 
 
 def render_text(d: dict[str, Any]) -> str:
@@ -224,6 +232,8 @@ def render_text(d: dict[str, Any]) -> str:
         f"  expected at target TTFT {_fmt(s['ttft_s'], '{:.2f} s')}, TPOT "
         f"{_fmt(s['tpot_s'] and s['tpot_s'] * 1e3, '{:.1f} ms')}",
     ]
+    if (u := fl.get("uncertainty")) is not None:
+        lines.append(f"  uncertainty        {u['line']}")
     lines += [
         f"  ramp: {st['target_qps']:g} QPS -> {st['replicas']} replicas ({st['gpus']} GPUs)"
         for st in fl["ramp"]

@@ -40,6 +40,10 @@ class SearchSpace:
     gpus_per_replica: int | None = None
     max_gpus_per_replica: int | None = None
     min_quality: str | None = None
+    rank_by: str = "cost"  # cost | conservative: the cost if a card delivers the model's error less
+
+
+RANKINGS = ("cost", "conservative")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +55,16 @@ class Option:
     @property
     def monthly_usd(self) -> float:
         return self.plan.gpus * self.price.usd_per_hour * HOURS_PER_MONTH
+
+    @property
+    def conservative_monthly_usd(self) -> float:
+        """The monthly cost of the fleet sized as if a card delivered the step model's measured
+        error less (the plan's uncertainty line); the plain cost where none is measured."""
+        from gateway.planner.uncertainty import uncertainty
+
+        u = uncertainty(self.plan)
+        gpus = self.plan.gpus if u is None else u.conservative_gpus
+        return gpus * self.price.usd_per_hour * HOURS_PER_MONTH
 
     @property
     def capacity_qps(self) -> float:
@@ -201,7 +215,13 @@ def search(
                     reason=reason,
                 )
             )
-    options.sort(key=lambda o: (o.monthly_usd, o.plan.gpus, quality.rank(o.quality.tier)))
+    if space.rank_by not in RANKINGS:
+        raise PlanError(f"`rank_by` must be one of {', '.join(RANKINGS)}", field="rank_by")
+
+    def cost(o: Option) -> float:
+        return o.conservative_monthly_usd if space.rank_by == "conservative" else o.monthly_usd
+
+    options.sort(key=lambda o: (cost(o), o.plan.gpus, quality.rank(o.quality.tier)))
     return SearchResult(
         model=model,
         workload=workload,

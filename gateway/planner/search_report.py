@@ -44,6 +44,7 @@ def _option(rank: int, o: Option) -> dict[str, Any]:
         "fit": p.fit.kind,
         "layout": o.layout,
         "monthly_usd": round(o.monthly_usd, 2),
+        "conservative_monthly_usd": round(o.conservative_monthly_usd, 2),
         "usd_per_million_output_tokens": round(o.usd_per_million_output_tokens, 4),
         "capacity_qps": round(o.capacity_qps, 3),
         "headroom": round(o.headroom, 4),
@@ -79,6 +80,7 @@ def search_dict(r: SearchResult) -> dict[str, Any]:
                 "gpus_per_replica": s.gpus_per_replica,
                 "max_gpus_per_replica": s.max_gpus_per_replica,
                 "min_quality": s.min_quality,
+                "rank_by": s.rank_by,
             },
         },
         "combinations": r.combinations,
@@ -133,7 +135,12 @@ def render_search_text(d: dict[str, Any], *, limit: int | None = 20) -> str:
     ]
     if opts:
         shown = opts if limit is None else opts[:limit]
-        lines += ["Ranked by monthly cost", HEADER] + [_row(o) for o in shown]
+        ranked = (
+            "Ranked by monthly cost with cards as slow as the model's measured error"
+            if i["space"].get("rank_by") == "conservative"
+            else "Ranked by monthly cost"
+        )
+        lines += [ranked, HEADER] + [_row(o) for o in shown]
         if len(shown) < len(opts):
             lines.append(f"  ... {len(opts) - len(shown)} more (--json lists all)")
         lines += ["", "Cheapest per GPU type", HEADER]
