@@ -22,12 +22,13 @@ from gateway.cli_calibrate import (
     cmd_calibrate,
 )
 from gateway.cli_search import add_search_arguments, check_flags, cmd_search, workload_from_args
-from gateway.planner.accuracy import check_all, render_table, summary
+from gateway.planner.accuracy import check_all, render_serving, render_table, summary
 from gateway.planner.catalog import Catalog, Model, load_catalog, model_from_hf_config
 from gateway.planner.errors import PlanError
 from gateway.planner.kvcache import MLA_LAYOUTS
 from gateway.planner.plan import KV_DTYPES, PlanRequest, make_plan, request_for
 from gateway.planner.report import render_text
+from gateway.planner.serving import predict_all
 
 if TYPE_CHECKING:
     from gateway.sim.card import Card
@@ -418,7 +419,7 @@ def cmd_accuracy(args: argparse.Namespace, catalog: Catalog) -> int:
 
     rows = read_rows(args.reference.read_text(encoding="utf-8")) if args.reference else None
     checks = check_all(catalog, rows)
-    table = render_table(checks)
+    table = render_table(checks) + "\n" + render_serving(predict_all(catalog))
     print(table, end="")
     if args.output:
         args.output.write_text(ACCURACY_HEADER + table, encoding="utf-8")

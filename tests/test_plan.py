@@ -159,7 +159,7 @@ def test_plan_dict_values_for_a_vllm_plan(catalog: Catalog) -> None:
     d = plan(
         catalog, "deepseek-r1-distill-qwen-32b", "awq", "a100-80gb-sxm", target_qps=75
     ).to_dict()
-    assert d["fit"]["kind"] == "gpu"
+    assert d["fit"]["kind"] == ("gpu" if d["fit"]["gpus"] == 1 else "tensor_parallel")
     assert d["memory"]["kv_bytes_per_token"] == 256 * 1024
     assert isinstance(d["fleet"]["gpus"], int) and d["fleet"]["gpus"] >= 1
     assert d["fleet"]["gpus"] == d["fleet"]["replicas"] * d["replica"]["gpus"]
