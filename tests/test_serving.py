@@ -178,3 +178,14 @@ def test_search_ranks_by_the_conservative_cost() -> None:
     costs = [o.conservative_monthly_usd for o in opts]
     assert len(costs) > 3 and costs == sorted(costs)
     assert all(o.conservative_monthly_usd >= o.monthly_usd for o in opts)
+
+
+def test_the_simulated_card_takes_the_plans_token_budget() -> None:
+    from gateway import planfile
+    from gateway.sim.card import card_from_plan
+
+    d = planfile.load(planfile.dump(_plan(max_num_batched_tokens=2048)))
+    assert d["engine_settings"]["max_num_batched_tokens"] == 2048
+    card = card_from_plan(load_catalog(), d)
+    assert card.engine.max_num_batched_tokens == 2048
+    assert card.speed.max_num_batched_tokens == 2048

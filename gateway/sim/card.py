@@ -76,6 +76,8 @@ def card_from_plan(catalog: Catalog, plan: dict[str, Any]) -> Card:
             host_bandwidth_gb_s=inputs.get("cpu_bandwidth_gb_s", 100.0),
             gpus_per_replica=fit.get("gpus"),
             gpu_layers=fit.get("gpu_layers"),
+            max_num_batched_tokens=inputs.get("max_num_batched_tokens"),
+            gpu_memory_utilization=inputs.get("gpu_memory_utilization"),
         )
     except PlanError as e:
         raise PlanFileError(str(e), field=f"inputs.{e.field}") from None
@@ -102,7 +104,9 @@ def card_from_plan(catalog: Catalog, plan: dict[str, Any]) -> Card:
     config = EngineConfig(
         kv_tokens=kv_tokens,
         max_num_seqs=seqs,
-        max_num_batched_tokens=max(req.engine.max_num_batched_tokens, seqs),
+        max_num_batched_tokens=max(
+            settings.get("max_num_batched_tokens") or req.engine.max_num_batched_tokens, seqs
+        ),
         max_model_len=settings.get("max_model_len")
         or settings.get("ctx_size", 0) // seqs  # llama.cpp: each slot gets ctx_size / parallel
         or req.model.max_context,
