@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 from gateway import planfile
-from gateway.cli import main
 from gateway.planner.capacity import Workload
 from gateway.planner.catalog import load_catalog
 from gateway.planner.fit import GIB, fit_options, tp_degrees, tp_problem
@@ -22,6 +21,7 @@ from gateway.planner.report import PLAN_VERSION
 from gateway.planner.weights import weights
 from gateway.render.engine import llama_server_args, vllm_args
 from gateway.render.fleet import fleet_from_plan
+from tests.test_cli import cardinal
 
 WORKLOAD = ["--target-qps", "2", "--prompt-tokens", "512", "--output-tokens", "256"]
 VLLM_7B = ["plan", "--model", "qwen2.5-7b", "--quant", "awq", "--gpu", "l4", *WORKLOAD]
@@ -36,15 +36,6 @@ VLLM_FLAGS = {
     "--pipeline-parallel-size", "--max-num-seqs", "--max-model-len", "--gpu-memory-utilization",
     "--kv-cache-dtype", "--quantization", "--max-num-batched-tokens",
 }  # fmt: skip
-
-
-def cardinal(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def plan_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 import statistics
 from dataclasses import dataclass, replace
-from importlib import resources
 
 from gateway.planner.capacity import Workload
-from gateway.planner.catalog import Catalog, Engine, Gpu, Model, Quant
+from gateway.planner.catalog import Catalog, Engine, Gpu, Model, Quant, data_csv
 from gateway.planner.errors import PlanError
 from gateway.planner.fit import GIB, fit_options
 from gateway.planner.plan import PlanRequest, fit_input, speed_model
@@ -50,13 +47,6 @@ class Check:
 
 def read_rows(text: str | None = None) -> list[Row]:
     """Rows of reference.csv (the copy bundled with the planner unless `text` is given)."""
-    if text is None:
-        text = (
-            resources.files("gateway.planner")
-            .joinpath("data")
-            .joinpath("reference.csv")
-            .read_text(encoding="utf-8")
-        )
     return [
         Row(
             kind=r["kind"],
@@ -68,7 +58,7 @@ def read_rows(text: str | None = None) -> list[Row]:
             unit=r["unit"],
             source=r["source"],
         )
-        for r in csv.DictReader(io.StringIO(text))
+        for r in data_csv("reference.csv", text)
     ]
 
 

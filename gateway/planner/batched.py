@@ -3,17 +3,14 @@ llama.cpp) and the step model's prediction of each row's aggregate decode speed 
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from typing import TypeVar
 
 from gateway.planner.capacity import Workload
-from gateway.planner.catalog import Catalog, Gpu, Model, Quant
+from gateway.planner.catalog import Catalog, Gpu, Model, Quant, data_csv
 from gateway.planner.errors import PlanError
 from gateway.planner.fit import fit_options
 from gateway.planner.plan import PlanRequest, fit_input, speed_model
@@ -68,13 +65,6 @@ class BatchedSummary:
 
 def read_batched_rows(text: str | None = None) -> list[BatchedRow]:
     """Rows of llamacpp_batched.csv (the copy bundled with the planner unless `text` is given)."""
-    if text is None:
-        text = (
-            resources.files("gateway.planner")
-            .joinpath("data")
-            .joinpath("llamacpp_batched.csv")
-            .read_text(encoding="utf-8")
-        )
     return [
         BatchedRow(
             model=r["model"],
@@ -89,7 +79,7 @@ def read_batched_rows(text: str | None = None) -> list[BatchedRow]:
             split=r["split"],
             source=r["source"],
         )
-        for r in csv.DictReader(io.StringIO(text))
+        for r in data_csv("llamacpp_batched.csv", text)
     ]
 
 

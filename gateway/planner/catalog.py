@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import difflib
 import functools
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -295,6 +297,13 @@ def _engine(id: str, raw: dict[str, Any]) -> Engine:
     decode = {k: DecodeKnobs(**v) for k, v in raw.pop("decode").items()}
     raw.pop("aliases", None)
     return Engine(id=id, decode=decode, formats=tuple(raw.pop("formats")), **raw)
+
+
+def data_csv(name: str, text: str | None = None) -> list[dict[str, str]]:
+    """Rows of a bundled data CSV (reference.csv, serving.csv ...), or of `text` when given."""
+    if text is None:
+        text = resources.files("gateway.planner").joinpath("data", name).read_text("utf-8")
+    return list(csv.DictReader(io.StringIO(text)))
 
 
 @functools.cache

@@ -3,14 +3,11 @@ step model's prediction of each: TPOT, TTFT and output throughput under that loa
 
 from __future__ import annotations
 
-import csv
-import io
 import statistics
 from dataclasses import dataclass, replace
-from importlib import resources
 
 from gateway.planner.capacity import Workload
-from gateway.planner.catalog import Catalog, Engine
+from gateway.planner.catalog import Catalog, Engine, data_csv
 from gateway.planner.errors import PlanError
 from gateway.planner.fit import fit_options
 from gateway.planner.plan import fit_input, request_for, speed_model
@@ -71,13 +68,6 @@ class Prediction:
 
 
 def read_serving_rows(text: str | None = None) -> list[ServingRow]:
-    if text is None:
-        text = (
-            resources.files("gateway.planner")
-            .joinpath("data")
-            .joinpath("serving.csv")
-            .read_text(encoding="utf-8")
-        )
     return [
         ServingRow(
             id=r["id"],
@@ -95,7 +85,7 @@ def read_serving_rows(text: str | None = None) -> list[ServingRow]:
             split=r["split"],
             source=r["source"],
         )
-        for r in csv.DictReader(io.StringIO(text))
+        for r in data_csv("serving.csv", text)
     ]
 
 
