@@ -112,6 +112,8 @@ def uncertainty(plan: Plan) -> Uncertainty | None:
     err = _errors().get(PLAN_FAMILIES.get((req.engine.id, moe), ""))
     if err is None:
         return None
+    if req.engine.id == "vllm" and req.gpu.memory_class != "hbm":
+        err = replace(err, basis=f"{err.basis}, all on HBM GPUs")
     slow = replace(rep, capacity_qps=rep.capacity_qps * (1 - err.median))
     n = size_fleet(plan.speed, slow, req.workload).replicas
     return Uncertainty(
