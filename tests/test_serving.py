@@ -10,7 +10,7 @@ import pytest
 
 from gateway.calibrate.silicon import convert
 from gateway.planner.catalog import load_catalog
-from gateway.planner.fitting import DENSE_KNOBS, MOE_KNOBS, fit_engine
+from gateway.planner.fitting import DENSE_KNOBS, MOE_KNOBS, fit_tp_engine
 from gateway.planner.serving import Accuracy, accuracy, predict_all, read_serving_rows, setup
 from gateway.sim.engine import EngineConfig
 from gateway.sim.replay import replay_concurrency
@@ -52,16 +52,7 @@ def test_moe_tpot_on_the_fitted_part(table: list[Accuracy]) -> None:
 
 def test_engines_yaml_holds_what_the_fit_finds() -> None:
     catalog = load_catalog()
-    rows = [r for r in read_serving_rows() if r.split == "fit"]
-    dense = fit_engine(
-        catalog, [r for r in rows if not catalog.model(r.model).moe], knobs=DENSE_KNOBS
-    )
-    moe = fit_engine(
-        catalog,
-        [r for r in rows if catalog.model(r.model).moe],
-        knobs=MOE_KNOBS,
-        engine=dense.engine,
-    )
+    dense, moe = fit_tp_engine(catalog)
     shipped = catalog.engine("vllm")
     for res, knobs in ((dense, DENSE_KNOBS), (moe, MOE_KNOBS)):
         for name, (get, _) in knobs.items():

@@ -3,13 +3,13 @@ beside the values engines.yaml holds (copy them there by hand, with the date).""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from importlib import resources
 from pathlib import Path
 
 from gateway.planner.catalog import load_catalog
-from gateway.planner.fitting import DENSE_KNOBS, MOE_KNOBS, fit_engine
-from gateway.planner.serving import read_serving_rows
+from gateway.planner.fitting import DENSE_KNOBS, MOE_KNOBS, fit_tp_engine
 
 
 def write_error_table() -> Path:
@@ -26,20 +26,21 @@ def write_error_table() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if (argv if argv is not None else sys.argv[1:]) == ["--error-table"]:
+    p = argparse.ArgumentParser(prog="python -m gateway.calibrate.fit", description=__doc__)
+    p.add_argument(
+        "--error-table", action="store_true", help="write model_error.yaml instead of fitting"
+    )
+    if p.parse_args(argv).error_table:
         print(f"wrote {write_error_table()}")
         return 0
     catalog = load_catalog()
-    rows = [r for r in read_serving_rows() if r.split == "fit"]
-    dense = [r for r in rows if not catalog.model(r.model).moe]
-    moe = [r for r in rows if catalog.model(r.model).moe]
-    start = catalog.engine("vllm")
-    d = fit_engine(catalog, dense, knobs=DENSE_KNOBS, engine=start)
-    m = fit_engine(catalog, moe, knobs=MOE_KNOBS, engine=d.engine)
-    for label, res, knobs in (("dense", d, DENSE_KNOBS), ("MoE", m, MOE_KNOBS)):
+    shipped = catalog.engine("vllm")
+    for label, res, knobs in zip(
+        ("dense", "MoE"), fit_tp_engine(catalog), (DENSE_KNOBS, MOE_KNOBS), strict=True
+    ):
         print(f"{label}: {res.rows} rows, mean squared log error {res.loss:.4f}")
         for name, (get, _) in knobs.items():
-            print(f"  {name}: fitted {res.values[name]:.4g} (engines.yaml {get(start):.4g})")
+            print(f"  {name}: fitted {res.values[name]:.4g} (engines.yaml {get(shipped):.4g})")
     return 0
 
 

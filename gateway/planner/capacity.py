@@ -101,7 +101,20 @@ def _loaded_tpot(speed: SpeedModel, wl: Workload, batch: int) -> float:
     TPOT exceed the SLO at exactly the load the plan promises.
     """
     step = speed.decode_step_s(batch=batch, ctx=wl.mean_decode_context)
-    return step + batch * speed.prefill_s(wl.prompt_tokens) / wl.output_tokens
+    return tpot_with_prefill(
+        step_s=step,
+        prefill_s=speed.prefill_s(wl.prompt_tokens),
+        batch=batch,
+        output_tokens=wl.output_tokens,
+    )
+
+
+def tpot_with_prefill(
+    *, step_s: float, prefill_s: float, batch: float, output_tokens: int
+) -> float:
+    """TPOT of `batch` sequences whose steps also carry the prompts admitted meanwhile: over one
+    request's life each of the others is replaced once, t_s + B t_p / O (see `_loaded_tpot`)."""
+    return step_s + batch * prefill_s / output_tokens
 
 
 @dataclass(frozen=True, kw_only=True)

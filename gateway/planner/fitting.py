@@ -9,7 +9,14 @@ from dataclasses import dataclass, replace
 
 from gateway.planner.accuracy import NotModelled, SpeedCase, read_rows, speed_case
 from gateway.planner.catalog import Catalog, DecodeKnobs, Engine
-from gateway.planner.serving import ServingRow, Setup, predict, setup
+from gateway.planner.serving import (
+    ServingRow,
+    Setup,
+    closed_loop_throughput,
+    predict,
+    read_serving_rows,
+    setup,
+)
 
 MEMORY_CLASS = "hbm"  # the measured points are all HBM GPUs (H100, H200, B200)
 
@@ -53,8 +60,8 @@ MOE_KNOBS: dict[str, Knob] = {
 }
 
 
-# Where the search starts (FORMULAS.md's defaults, and 1 where a constant is new), so a refit
-# does not depend on the values engines.yaml holds.
+# Where the search starts (FORMULAS.md's defaults where they exist, a round guess for the new
+# constants), so a refit does not depend on the values engines.yaml holds.
 START = {
     "decode.hbm.eta": 0.8,
     "decode.hbm.t_fixed_ms": 1.0,
@@ -107,7 +114,7 @@ def loss(
     total = weight * sum(math.log1p(c.error or 0.0) ** 2 for c in (r.check(engine) for r in refs))
     for s, row in cases:
         tpot, ttft = predict(s, row, engine=engine)
-        tput = row.concurrency * row.osl / (ttft + (row.osl - 1) * tpot)
+        tput = closed_loop_throughput(row, ttft_s=ttft, tpot_s=tpot)
         total += math.log(tpot / row.tpot_s) ** 2 + math.log(tput / row.throughput) ** 2
     return total / max(len(cases), 1)
 
@@ -144,3 +151,19 @@ def fit_engine(
         rows=len(cases),
         values={name: get(best) for name, (get, _) in knobs.items()},
     )
+
+
+def fit_tp_engine(catalog: Catalog) -> tuple[FitResult, FitResult]:
+    """The dense constants on the dense rows of the `fit` split, then the MoE constants on its
+    MoE rows over the dense result: what engines.yaml's vllm entry holds."""
+    rows = [r for r in read_serving_rows() if r.split == "fit"]
+    dense = fit_engine(
+        catalog, [r for r in rows if not catalog.model(r.model).moe], knobs=DENSE_KNOBS
+    )
+    moe = fit_engine(
+        catalog,
+        [r for r in rows if catalog.model(r.model).moe],
+        knobs=MOE_KNOBS,
+        engine=dense.engine,
+    )
+    return dense, moe

@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, replace
 
-from gateway.planner.capacity import Workload
+from gateway.planner.capacity import Workload, tpot_with_prefill
 from gateway.planner.catalog import Catalog, Engine, data_csv
 from gateway.planner.errors import PlanError
 from gateway.planner.fit import fit_options
@@ -42,8 +42,12 @@ class ServingRow:
 
     @property
     def throughput(self) -> float:
-        """Output tokens/s of the replica: `concurrency` requests each lasting TTFT + (O-1) TPOT."""
-        return self.concurrency * self.osl / (self.ttft_s + (self.osl - 1) * self.tpot_s)
+        return closed_loop_throughput(self, ttft_s=self.ttft_s, tpot_s=self.tpot_s)
+
+
+def closed_loop_throughput(row: ServingRow, *, ttft_s: float, tpot_s: float) -> float:
+    """Output tokens/s of the replica: `concurrency` requests each lasting TTFT + (O-1) TPOT."""
+    return row.concurrency * row.osl / (ttft_s + (row.osl - 1) * tpot_s)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,8 +62,7 @@ class Prediction:
     def throughput(self) -> float | None:
         if self.tpot_s is None or self.ttft_s is None:
             return None
-        r = self.row
-        return r.concurrency * r.osl / (self.ttft_s + (r.osl - 1) * self.tpot_s)
+        return closed_loop_throughput(self.row, ttft_s=self.ttft_s, tpot_s=self.tpot_s)
 
     def error(self, kind: str) -> float | None:
         pred = {"tpot": self.tpot_s, "ttft": self.ttft_s, "throughput": self.throughput}[kind]
@@ -128,18 +131,18 @@ def predict(s: Setup, row: ServingRow, *, engine: Engine | None = None) -> tuple
 
     Every running sequence decodes one token per step and, with chunked prefill, also waits for
     the prompts admitted into its steps: over one request's life each of the other clients sends
-    one new prompt, so TPOT = t_step(B) + B x t_prefill / O (capacity._loaded_tpot). A new prompt
-    waits on average half a step for the step in flight to end, then is computed inside the next
-    one: TTFT = t_prefill + 1.5 t_step(B). The engines allocate KV as tokens are computed, so all
-    clients are admitted at once and a sequence holds isl + osl / 2 tokens on average: past the
-    KV cache, the batch that decodes together is what that average fits (the rest wait preempted,
-    which the benchmarks' TTFT does not see).
+    one new prompt, so TPOT = t_step(B) + B x t_prefill / O (capacity.tpot_with_prefill). A new
+    prompt waits on average half a step for the step in flight to end, then is computed inside the
+    next one: TTFT = t_prefill + 1.5 t_step(B). The engines allocate KV as tokens are computed, so
+    all clients are admitted at once and a sequence holds isl + osl / 2 tokens on average: past
+    the KV cache, the batch that decodes together is what that average fits (the rest wait
+    preempted, which the benchmarks' TTFT does not see).
     """
     speed = s.speed if engine is None else replace(s.speed, engine=engine)
     b = max(1, min(row.concurrency, int(s.kv_tokens // (row.isl + row.osl / 2))))
     step = speed.decode_step_s(batch=b, ctx=row.isl + row.osl / 2)
     prefill = speed.prefill_s(row.isl)
-    tpot = step + b * prefill / row.osl
+    tpot = tpot_with_prefill(step_s=step, prefill_s=prefill, batch=b, output_tokens=row.osl)
     ttft = prefill + 1.5 * step
     return tpot, ttft
 

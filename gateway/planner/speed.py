@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -125,15 +126,18 @@ class SpeedModel:
         per = latency + volume / (self.gpu.link_gb_s * 1e9)
         return 2 * m.num_layers * per  # two all-reduces per layer
 
+    @functools.cached_property
+    def _moe_layers(self) -> int:
+        # counted once: decode_step_s runs for every simulated step and every searched plan
+        return len(self.model.moe_layers())
+
     def _fixed_s(self) -> float:
-        moe_layers = len(self.model.moe_layers()) if self.model.moe else 0
-        return (self._knobs.t_fixed_ms + self.engine.moe_layer_ms * moe_layers) / 1000
+        return (self._knobs.t_fixed_ms + self.engine.moe_layer_ms * self._moe_layers) / 1000
 
     def _per_token_s(self, batch: float) -> float:
         """Costs that grow with the sequences in a step: sampling and bookkeeping per sequence,
         and the MoE layers' routing and grouped GEMMs per routed token."""
-        moe_layers = len(self.model.moe_layers()) if self.model.moe else 0
-        per_seq = self._knobs.t_seq_us + self.engine.moe_token_us * moe_layers
+        per_seq = self._knobs.t_seq_us + self.engine.moe_token_us * self._moe_layers
         return batch * per_seq * 1e-6
 
     def decode_tokens_per_s(self, *, ctx: float) -> float:
