@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import statistics
+from collections import Counter
 from dataclasses import dataclass, replace
 
 from gateway.planner.capacity import Workload
@@ -284,10 +285,7 @@ def render_serving(preds: list[Prediction]) -> str:
             f"| {a.family} | {a.split} | {a.kind} | {a.n} | {a.median:.1%} | {a.max:.1%} | "
             f"{a.bias:+.1%} |"
         )
-    skipped: dict[str, int] = {}
-    for p in preds:
-        if p.note:
-            skipped[p.note.split(";")[0]] = skipped.get(p.note.split(";")[0], 0) + 1
+    skipped = Counter(p.note.split(";")[0] for p in preds if p.note)
     lines.append("")
     for note, n in sorted(skipped.items()):
         lines.append(f"- {n} rows not modelled: {note}")

@@ -148,7 +148,6 @@ class Engine:
     allreduce_latency_us: float = 10.0  # per all-reduce and per doubling of the TP degree
     kquant_prefill_factor: float = 1.0
     moe_token_us: float = 0.0  # per MoE layer per token routed (grouped GEMM, dispatch)
-    fitted: str = ""  # where the fitted constants came from
 
 
 @dataclass(frozen=True)

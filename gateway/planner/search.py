@@ -21,6 +21,7 @@ from gateway.planner.fit import fit_options
 from gateway.planner.plan import Plan, PlanRequest, check_request, fit_input, plan_for_fit
 from gateway.planner.prices import Price, catalog_price
 from gateway.planner.quality import QualityTable, QuantQuality, load_quality
+from gateway.planner.uncertainty import uncertainty
 from gateway.planner.weights import Weights, weights
 
 DEGREES = (1, 2, 4, 8, 16)  # GPUs per replica: TP 1-8 within a node, TP 8 x PP 2 beyond
@@ -60,8 +61,6 @@ class Option:
     def conservative_monthly_usd(self) -> float:
         """The monthly cost of the fleet sized as if a card delivered the step model's measured
         error less (the plan's uncertainty line); the plain cost where none is measured."""
-        from gateway.planner.uncertainty import uncertainty
-
         u = uncertainty(self.plan)
         gpus = self.plan.gpus if u is None else u.conservative_gpus
         return gpus * self.price.usd_per_hour * HOURS_PER_MONTH

@@ -17,13 +17,6 @@ from gateway.planner.plan import Plan
 from gateway.planner.serving import Prediction
 from gateway.planner.serving import accuracy as serving_accuracy
 
-# plan -> engine family whose measured error applies
-PLAN_FAMILIES = {
-    ("vllm", False): "dense vLLM",
-    ("vllm", True): "MoE",
-    ("llama.cpp", None): "llama.cpp",
-}
-
 
 @dataclass(frozen=True, kw_only=True)
 class ModelError:
@@ -103,13 +96,19 @@ def _errors() -> dict[str, ModelError]:
     }
 
 
+def _family(plan: Plan) -> str:
+    """The engine family whose measured error applies to the plan (model_error.yaml's keys)."""
+    if plan.request.engine.id == "llama.cpp":
+        return "llama.cpp"
+    return "MoE" if plan.request.model.moe else "dense vLLM"
+
+
 def uncertainty(plan: Plan) -> Uncertainty | None:
     """None for a plan with no modelled capacity (does not fit, or a given per-card figure)."""
     rep, req = plan.replica, plan.request
     if rep is None or plan.speed is None or req.per_card_qps is not None or rep.problem:
         return None
-    moe = None if req.engine.id == "llama.cpp" else bool(req.model.moe)
-    err = _errors().get(PLAN_FAMILIES.get((req.engine.id, moe), ""))
+    err = _errors().get(_family(plan))
     if err is None:
         return None
     if req.engine.id == "vllm" and req.gpu.memory_class != "hbm":
