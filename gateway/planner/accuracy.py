@@ -82,25 +82,46 @@ class NotModelled(Exception):
     pass
 
 
+class NotInCatalog(NotModelled):
+    """A row names a model, quantization or GPU the catalog does not have."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} is not in the catalog")
+        self.what = what  # e.g. "GPU 'V100'"
+
+
 def _strip(s: str) -> str:
     return re.sub(r"\(.*?\)", "", s).strip()
 
 
 def _model(catalog: Catalog, row: Row) -> Model:
+    return catalog_model(catalog, row.model)
+
+
+def catalog_model(catalog: Catalog, text: str) -> Model:
+    """The catalog model a source names ("DeepSeek-R1 (671B)"); NotInCatalog if none."""
     try:
-        return catalog.model(_strip(row.model))
+        return catalog.model(_strip(text))
     except PlanError:
-        raise NotModelled(f"model {row.model!r} is not in the catalog") from None
+        raise NotInCatalog(f"model {text!r}") from None
 
 
 def _quant(catalog: Catalog, row: Row, *, gguf: bool) -> Quant:
     q = row.quant
     if q.startswith("UD-") or "mix" in q:
         raise NotModelled("custom per-tensor recipe, not a llama-quantize type")
-    name = _strip(q).replace(" 4-bit", "").lower()
+    return catalog_quant(catalog, q, gguf=gguf)
+
+
+def catalog_quant(catalog: Catalog, text: str, *, gguf: bool) -> Quant:
+    """The catalog quantization a source names ("AWQ 4-bit", "F16" of a GGUF file)."""
+    name = _strip(text).replace(" 4-bit", "").lower()
     if gguf and name in ("f16", "f32"):
         name = f"{name}-gguf"
-    return catalog.quant(name)
+    try:
+        return catalog.quant(name)
+    except PlanError:
+        raise NotInCatalog(f"quant {text!r}") from None
 
 
 def _size(catalog: Catalog, row: Row) -> Check:
@@ -112,14 +133,15 @@ def _size(catalog: Catalog, row: Row) -> Check:
     return Check(row=row, predicted=w.total_bytes / UNITS[row.unit])
 
 
-def _gpu(catalog: Catalog, text: str) -> tuple[Gpu, int]:
+def catalog_gpu(catalog: Catalog, text: str) -> tuple[Gpu, int]:
+    """The catalog GPU a source names and how many: "4x RTX 3090 + CPU" -> (RTX 3090, 4)."""
     m = re.match(r"^\s*(\d+)\s*x\s*(.*)$", text)
     count, rest = (int(m.group(1)), m.group(2)) if m else (1, text)
     rest = re.sub(r"\+ CPU|TP\d+| node", "", _strip(rest)).strip()
     try:
         return catalog.gpu(rest), count
     except PlanError:
-        raise NotModelled(f"GPU {text!r} is not in the catalog") from None
+        raise NotInCatalog(f"GPU {text!r}") from None
 
 
 def _engine_id(setting: str) -> str:
@@ -180,7 +202,7 @@ def speed_case(catalog: Catalog, row: Row) -> SpeedCase:
     engine = catalog.engine(_engine_id(row.setting))
     model = _model(catalog, row)
     quant = _quant(catalog, row, gguf=engine.id == "llama.cpp")
-    gpu, count = _gpu(catalog, row.gpu)
+    gpu, count = catalog_gpu(catalog, row.gpu)
     n = _numbers(row.setting)
     prompt = n.get("pp") or n.get("in") or 1
     out = n.get("out") or n.get("tg") or 128

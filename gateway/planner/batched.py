@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import re
 import statistics
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any
 
+from gateway.planner.accuracy import NotInCatalog, catalog_gpu, catalog_model, catalog_quant
 from gateway.planner.capacity import Workload
-from gateway.planner.catalog import Catalog, Gpu, Model, Quant, data_csv
-from gateway.planner.errors import PlanError
+from gateway.planner.catalog import Catalog, data_csv
 from gateway.planner.fit import fit_options
 from gateway.planner.plan import PlanRequest, fit_input, speed_model
 from gateway.planner.speed import SpeedModel
@@ -20,8 +19,6 @@ from gateway.planner.weights import weights
 # The step model's llama.cpp constants (engines.yaml) are not refitted to these rows: both the
 # `fit` and the `held_out` split are currently reported, not fitted.
 SPLITS = ("fit", "held_out")
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,17 +82,20 @@ def read_batched_rows(text: str | None = None) -> list[BatchedRow]:
 
 def speed_for(catalog: Catalog, row: BatchedRow) -> SpeedModel | str:
     """The row's replica on llama.cpp as the planner lays it out, or why it cannot be modelled."""
-    count, gpu_name = _gpu_count(row.gpu)
-    found = {
-        "model": _lookup(catalog.model, row.model),
-        "quant": _lookup(catalog.quant, _quant_id(row.quant)),
-        "GPU": _lookup(catalog.gpu, gpu_name),
-    }
-    missing = [f"{kind} {v}" for kind, v in found.items() if isinstance(v, str)]
+    found: list[Any] = []
+    missing: list[str] = []
+    for find in (
+        lambda: catalog_model(catalog, row.model),
+        lambda: catalog_quant(catalog, row.quant, gguf=True),
+        lambda: catalog_gpu(catalog, row.gpu),
+    ):
+        try:
+            found.append(find())
+        except NotInCatalog as e:
+            missing.append(e.what)
     if missing:
         return "not in the catalog: " + "; ".join(missing)
-    model, quant, gpu = found["model"], found["quant"], found["GPU"]
-    assert isinstance(model, Model) and isinstance(quant, Quant) and isinstance(gpu, Gpu)
+    model, quant, (gpu, count) = found
     wl = Workload(
         prompt_tokens=row.pp, output_tokens=row.tg, target_qps=1, ttft_slo_s=1, tpot_slo_s=1
     )
@@ -159,23 +159,6 @@ def _summarise(split: str, preds: list[BatchedPrediction]) -> BatchedSummary:
         max=max(abs(e) for e in errs) if errs else None,
         bias=statistics.median(errs) if errs else None,
     )
-
-
-def _lookup(find: Callable[[str], T], name: str) -> T | str:
-    try:
-        return find(name)
-    except (PlanError, KeyError):
-        return repr(name)
-
-
-def _gpu_count(text: str) -> tuple[int, str]:
-    m = re.match(r"^\s*(\d+)\s*x\s*(.*)$", text)
-    return (int(m.group(1)), m.group(2).strip()) if m else (1, text.strip())
-
-
-def _quant_id(name: str) -> str:
-    q = name.strip().lower()
-    return f"{q}-gguf" if q in ("f16", "f32") else q  # the GGUF, not the safetensors, F16
 
 
 def _ngl(flags: str) -> int | None:
