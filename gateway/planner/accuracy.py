@@ -10,8 +10,8 @@ from dataclasses import dataclass, replace
 from gateway.planner.capacity import Workload
 from gateway.planner.catalog import Catalog, Engine, Gpu, Model, Quant, data_csv
 from gateway.planner.errors import PlanError
-from gateway.planner.fit import GIB, fit_options
-from gateway.planner.plan import PlanRequest, fit_input, speed_model
+from gateway.planner.fit import GIB
+from gateway.planner.plan import PlanRequest, laid_out
 from gateway.planner.serving import Prediction
 from gateway.planner.serving import accuracy as serving_accuracy
 from gateway.planner.speed import SpeedModel
@@ -216,11 +216,9 @@ def speed_case(catalog: Catalog, row: Row) -> SpeedCase:
         gpus_per_replica=n.get("tp") or count,
         gpu_layers=n.get("ngl"),
     )
-    w = weights(model, quant, catalog)
-    fit = fit_options(fit_input(req, w))[0]
-    if not fit.ok:
+    fit, sp = laid_out(req, catalog)
+    if sp is None:
         raise NotModelled(f"does not fit in the planner: {fit.reason}")
-    sp = speed_model(req, w, fit)
     return SpeedCase(row=row, speed=sp, numbers=n, prompt=prompt, out=out, moe=bool(model.moe))
 
 

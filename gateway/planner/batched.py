@@ -11,10 +11,8 @@ from typing import Any
 from gateway.planner.accuracy import NotInCatalog, catalog_gpu, catalog_model, catalog_quant
 from gateway.planner.capacity import Workload
 from gateway.planner.catalog import Catalog, data_csv
-from gateway.planner.fit import fit_options
-from gateway.planner.plan import PlanRequest, fit_input, speed_model
+from gateway.planner.plan import PlanRequest, laid_out
 from gateway.planner.speed import SpeedModel
-from gateway.planner.weights import weights
 
 # The step model's llama.cpp constants (engines.yaml) are not refitted to these rows: both the
 # `fit` and the `held_out` split are currently reported, not fitted.
@@ -109,11 +107,8 @@ def speed_for(catalog: Catalog, row: BatchedRow) -> SpeedModel | str:
         max_num_seqs=row.batch,
         gpu_layers=_ngl(row.flags),
     )
-    w = weights(model, quant, catalog)
-    fit = fit_options(fit_input(req, w))[0]
-    if not fit.ok:
-        return f"does not fit in the planner: {fit.reason}"
-    return speed_model(req, w, fit)
+    fit, speed = laid_out(req, catalog)
+    return f"does not fit in the planner: {fit.reason}" if speed is None else speed
 
 
 def predict_s_tg(speed: SpeedModel, row: BatchedRow) -> float:

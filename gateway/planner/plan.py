@@ -284,6 +284,14 @@ def speed_model(req: PlanRequest, w: Weights, fit: Fit) -> SpeedModel:
     )
 
 
+def laid_out(req: PlanRequest, catalog: Catalog) -> tuple[Fit, SpeedModel | None]:
+    """The request's first placement (fewest GPUs) and its speed model; None when it does not
+    fit (the fit says why). What a measured row is predicted on: no fleet, no SLOs."""
+    w = weights(req.model, req.quant, catalog)
+    fit = fit_options(fit_input(req, w))[0]
+    return fit, speed_model(req, w, fit) if fit.ok else None
+
+
 def plan_for_fit(req: PlanRequest, w: Weights, fit: Fit) -> Plan:
     """The plan for one given placement (make_plan keeps only the one with the fewest GPUs)."""
     return _plan_for_fit(req, w, fit)

@@ -9,10 +9,8 @@ from dataclasses import dataclass, replace
 from gateway.planner.capacity import Workload, tpot_with_prefill
 from gateway.planner.catalog import Catalog, Engine, data_csv
 from gateway.planner.errors import PlanError
-from gateway.planner.fit import fit_options
-from gateway.planner.plan import fit_input, request_for, speed_model
+from gateway.planner.plan import laid_out, request_for
 from gateway.planner.speed import SpeedModel
-from gateway.planner.weights import weights
 
 # Engine families the accuracy is reported and gated for: (engine, dense or MoE)
 FAMILIES = {
@@ -119,11 +117,10 @@ def setup(catalog: Catalog, row: ServingRow) -> Setup | str:
         )
     except (PlanError, KeyError) as e:
         return f"not in the catalog: {e}"
-    w = weights(req.model, req.quant, catalog)
-    fit = fit_options(fit_input(req, w))[0]
-    if not fit.ok:
+    fit, speed = laid_out(req, catalog)
+    if speed is None:
         return f"does not fit in the planner: {fit.reason}"
-    return Setup(speed=speed_model(req, w, fit), kv_tokens=fit.kv_tokens, moe=bool(model.moe))
+    return Setup(speed=speed, kv_tokens=fit.kv_tokens, moe=bool(model.moe))
 
 
 def predict(s: Setup, row: ServingRow, *, engine: Engine | None = None) -> tuple[float, float]:
