@@ -10,6 +10,7 @@ from gateway.planner.capacity import HOURS_PER_MONTH
 from gateway.planner.fit import GIB
 from gateway.planner.kvcache import kv_bytes_per_token
 from gateway.planner.plan import KV_DTYPES, Plan, api_comparison, engine_cap, monthly_cost
+from gateway.planner.uncertainty import uncertainty
 
 PLAN_VERSION = 1
 SHOWN_IN_FIT = ("tensor_parallel_size", "pipeline_parallel_size", "n_cpu_moe", "split_gpus")
@@ -183,8 +184,6 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
 
 
 def _uncertainty(plan: Plan) -> dict[str, Any] | None:
-    from gateway.planner.uncertainty import uncertainty
-
     u = uncertainty(plan)
     return None if u is None else {**u.to_dict(), "line": u.line()}
 
