@@ -10,7 +10,7 @@ import pytest
 
 from gateway.calibrate.silicon import convert
 from gateway.planner.catalog import load_catalog
-from gateway.planner.fitting import DENSE_KNOBS, MOE_KNOBS, fit_tp_engine
+from gateway.planner.fitting import DENSE_KNOBS, MOE_KNOBS, TTFT_KNOBS, fit_tp_engine
 from gateway.planner.serving import Accuracy, accuracy, predict_all, read_serving_rows, setup
 from gateway.sim.engine import EngineConfig
 from gateway.sim.replay import replay_concurrency
@@ -52,9 +52,9 @@ def test_moe_tpot_on_the_fitted_part(table: list[Accuracy]) -> None:
 
 def test_engines_yaml_holds_what_the_fit_finds() -> None:
     catalog = load_catalog()
-    dense, moe = fit_tp_engine(catalog)
+    fits = fit_tp_engine(catalog)
     shipped = catalog.engine("vllm")
-    for res, knobs in ((dense, DENSE_KNOBS), (moe, MOE_KNOBS)):
+    for res, knobs in zip(fits, (DENSE_KNOBS, MOE_KNOBS, TTFT_KNOBS), strict=True):
         for name, (get, _) in knobs.items():
             fitted, held = res.values[name], get(shipped)
             assert math.isclose(fitted, held, rel_tol=0.05, abs_tol=1e-3), (name, fitted, held)

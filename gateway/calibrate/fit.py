@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 from gateway.planner.catalog import load_catalog
-from gateway.planner.fitting import DENSE_KNOBS, MOE_KNOBS, fit_tp_engine
+from gateway.planner.fitting import DENSE_KNOBS, MOE_KNOBS, TTFT_KNOBS, fit_tp_engine
 
 
 def write_error_table() -> Path:
@@ -36,9 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     catalog = load_catalog()
     shipped = catalog.engine("vllm")
     for label, res, knobs in zip(
-        ("dense", "MoE"), fit_tp_engine(catalog), (DENSE_KNOBS, MOE_KNOBS), strict=True
+        ("dense", "MoE", "TTFT"),
+        fit_tp_engine(catalog),
+        (DENSE_KNOBS, MOE_KNOBS, TTFT_KNOBS),
+        strict=True,
     ):
-        print(f"{label}: {res.rows} rows, mean squared log error {res.loss:.4f}")
+        print(f"{label}: {res.rows} rows, loss {res.loss:.4f}")
         for name, (get, _) in knobs.items():
             print(f"  {name}: fitted {res.values[name]:.4g} (engines.yaml {get(shipped):.4g})")
     return 0

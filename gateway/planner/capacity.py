@@ -135,7 +135,8 @@ def size_fleet(
     service = 1.0 / rep.capacity_qps
     util = 1.0 / (1.0 + wl.headroom)
     limited_by = "headroom"
-    slack = (wl.ttft_slo_s - rep.prefill_s) / service
+    first = rep.prefill_s + (speed.first_token_overhead_s() if speed is not None else 0.0)
+    slack = (wl.ttft_slo_s - first) / service
     rho_ttft = 2 * slack / (1 + 2 * slack) if slack > 0 else 0.05
     # A given capacity (speed None: measured or claimed) is already the rate at which the SLOs
     # hold, queueing included, so only the headroom applies: the seeds' ceil(target / per-card QPS).
@@ -143,7 +144,7 @@ def size_fleet(
         util, limited_by = max(rho_ttft, 0.05), "ttft_slo"
     replicas = max(1, math.ceil(target / (rep.capacity_qps * util) - 1e-9))
     rho = target / (replicas * rep.capacity_qps)
-    ttft = rep.prefill_s + (rho / (2 * (1 - rho)) * service if rho < 1 else math.inf)
+    ttft = first + (rho / (2 * (1 - rho)) * service if rho < 1 else math.inf)
     tpot = _operating_tpot(speed, rep, wl, per_replica_qps=target / replicas, ttft=ttft)
     return Fleet(
         replicas=replicas, utilization=rho, ttft_s=ttft, tpot_s=tpot, limited_by=limited_by

@@ -148,6 +148,9 @@ class Engine:
     allreduce_latency_us: float = 10.0  # per all-reduce and per doubling of the TP degree
     kquant_prefill_factor: float = 1.0
     moe_token_us: float = 0.0  # per MoE layer per token routed (grouped GEMM, dispatch)
+    # a request's first token comes this long per layer after its prefill is computed
+    # (scheduling, the prefill pass outside CUDA graphs, output processing): TTFT only
+    request_layer_ms: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -128,20 +128,38 @@ def predict(s: Setup, row: ServingRow, *, engine: Engine | None = None) -> tuple
 
     Every running sequence decodes one token per step and, with chunked prefill, also waits for
     the prompts admitted into its steps: over one request's life each of the other clients sends
-    one new prompt, so TPOT = t_step(B) + B x t_prefill / O (capacity.tpot_with_prefill). A new
-    prompt waits on average half a step for the step in flight to end, then is computed inside the
-    next one: TTFT = t_prefill + 1.5 t_step(B). The engines allocate KV as tokens are computed, so
-    all clients are admitted at once and a sequence holds isl + osl / 2 tokens on average: past
-    the KV cache, the batch that decodes together is what that average fits (the rest wait
-    preempted, which the benchmarks' TTFT does not see).
+    one new prompt, so TPOT = t_step(B) + B x t_prefill / O (capacity.tpot_with_prefill).
+
+    TTFT: a new prompt waits on average half a step for the step in flight to end, then behind
+    the prompts ahead of it (one prefill at a time, M/D/1 at the rate B / request life), is
+    computed inside the next step, and its first token comes the engine's per-request overhead
+    later (SpeedModel.first_token_overhead_s).
+
+    The engines allocate KV as tokens are computed, so all C clients are admitted at once and a
+    sequence holds isl + osl / 2 tokens on average: past the KV cache only the batch B that fits
+    decodes while the others wait preempted, after their first token (TTFT does not see it): each
+    client decodes B / C of the time and its TPOT is C / B times the running batch's.
     """
     speed = s.speed if engine is None else replace(s.speed, engine=engine)
     b = max(1, min(row.concurrency, int(s.kv_tokens // (row.isl + row.osl / 2))))
     step = speed.decode_step_s(batch=b, ctx=row.isl + row.osl / 2)
     prefill = speed.prefill_s(row.isl)
     tpot = tpot_with_prefill(step_s=step, prefill_s=prefill, batch=b, output_tokens=row.osl)
-    ttft = prefill + 1.5 * step
-    return tpot, ttft
+    service = prefill + step  # one prompt's turn: its step carries the whole prefill
+    bare = prefill + 1.5 * step + speed.first_token_overhead_s()
+    ttft = bare
+    for _ in range(8):  # fixed point: the prompt rate depends on the request life it produces
+        life = ttft + (row.osl - 1) * tpot
+        ttft = bare + md1_wait(rate=b / life, service_s=service)
+    # past the KV cache the clients take turns: each decodes B / C of the time
+    return tpot * max(row.concurrency / b, 1.0), ttft
+
+
+def md1_wait(*, rate: float, service_s: float, max_utilization: float = 0.95) -> float:
+    """Mean wait in an M/D/1 queue, with the utilisation held below `max_utilization` (a closed
+    loop cannot offer more work than it is served)."""
+    rho = min(rate * service_s, max_utilization)
+    return rho / (2 * (1 - rho)) * service_s
 
 
 def predict_all(catalog: Catalog, rows: list[ServingRow] | None = None) -> list[Prediction]:

@@ -93,6 +93,10 @@ class SpeedModel:
         t_host = passes * (p.cpu_dense_bytes + p.cpu_expert_bytes) / (PCIE_GB_S * 1e9)
         return max(t_compute, t_weights) + t_host + self._fixed_s()
 
+    def first_token_overhead_s(self) -> float:
+        """What a request's first token waits beyond its prefill (Engine.request_layer_ms)."""
+        return self.engine.request_layer_ms * self.model.num_layers / 1000
+
     def _flops(self, tokens: float) -> float:
         """Achieved FLOP/s of one GPU on this quantization's GEMMs with `tokens` rows per step:
         small GEMMs use a fraction of the tensor cores (tokens / (tokens + gemm_half_tokens))."""
