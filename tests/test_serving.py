@@ -44,6 +44,13 @@ def test_held_out_median_error_within_15_percent(
     assert a.median <= 0.15, f"{family} {kind}: median |error| {a.median:.1%} on {a.n} rows"
 
 
+def test_ttft_under_load_on_the_held_out_part(table: list[Accuracy]) -> None:
+    # prefill + 1.5 steps alone was 65 % low at the median: the prompt queue and the engine's
+    # first-token overhead are what the measured TTFT holds beyond the prefill itself
+    a = _get(table, "dense vLLM", "held_out", "ttft")
+    assert a.n >= 100 and a.median <= 0.45 and abs(a.bias) <= 0.30, a
+
+
 def test_moe_tpot_on_the_fitted_part(table: list[Accuracy]) -> None:
     # the fixed 0.45 ms per MoE layer this replaced put DeepSeek's TPOT at 2.5x the measured one
     a = _get(table, "MoE SGLang", "fit", "tpot")
