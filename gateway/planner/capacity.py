@@ -1,4 +1,4 @@
-"""Per-replica capacity under SLOs, and the fleet that serves a target rate (FORMULAS.md §2.12)."""
+"""Per-replica capacity under SLOs, and the fleet that serves a target rate (docs/formulas.md §7)."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def _loaded_tpot(speed: SpeedModel, wl: Workload, batch: int) -> float:
     With chunked prefill (vLLM's default) new prompts are computed inside the decode steps, so
     every running sequence waits for them too: at the capacity rate 1 / (t_p + O t_s / B) the GPU
     spends the share rate x t_p of its time on prefill, and TPOT = t_s / (1 - share)
-    = t_s + B t_p / O. The bare step t_s(B) <= SLO (FORMULAS.md 2.12 step 2) would let measured
+    = t_s + B t_p / O. The bare step t_s(B) <= SLO (docs/formulas.md §7) would let measured
     TPOT exceed the SLO at exactly the load the plan promises.
     """
     step = speed.decode_step_s(batch=batch, ctx=wl.mean_decode_context)

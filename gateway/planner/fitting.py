@@ -61,7 +61,7 @@ MOE_KNOBS: dict[str, Knob] = {
 TTFT_KNOBS: dict[str, Knob] = {"request_layer_ms": _engine("request_layer_ms")}
 
 
-# Where the search starts (FORMULAS.md's defaults where they exist, a round guess for the new
+# Where the search starts (the long-standing defaults where they exist, a round guess for the new
 # constants), so a refit does not depend on the values engines.yaml holds.
 START = {
     "decode.hbm.eta": 0.8,

@@ -1,4 +1,4 @@
-"""KV-cache bytes per token, as each engine stores it (FORMULAS.md §2.4-2.5)."""
+"""KV-cache bytes per token, as each engine stores it (docs/formulas.md §2)."""
 
 from __future__ import annotations
 

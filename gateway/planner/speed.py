@@ -1,5 +1,5 @@
 """Decode step time and prefill time: roofline with per engine x memory-class efficiency knobs
-(FORMULAS.md §2.8-2.11)."""
+(docs/formulas.md §4-6)."""
 
 from __future__ import annotations
 
