@@ -74,3 +74,18 @@ def test_prediction_is_b_over_the_decode_step() -> None:
     assert b8.s_tg_tps is not None and b1.s_tg_tps is not None
     assert b8.s_tg_tps > b1.s_tg_tps  # batching raises aggregate decode speed
     assert b8.s_tg_tps < 8 * b1.s_tg_tps  # but less than linearly (KV and compute grow)
+
+
+def test_ubatch_rows_each_name_their_pull_request() -> None:
+    # llamacpp_ubatch.csv: llama-bench tables at each micro-batch size (-ub) from llama.cpp pull
+    # requests, collected for the llama.cpp step model under load; not yet predicted
+    import csv
+    from importlib import resources
+
+    text = resources.files("gateway.planner").joinpath("data/llamacpp_ubatch.csv").read_text()
+    rows = list(csv.DictReader(text.splitlines()))
+    assert len(rows) >= 500
+    for r in rows:
+        assert r["source"].startswith("https://github.com/ggml-org/llama.cpp/pull/"), r
+        assert int(r["ubatch"]) >= 1 and float(r["tokens_per_s"]) > 0, r
+        assert r["test"].startswith(("pp", "tg")), r
