@@ -91,13 +91,16 @@ class GatewayProcess:
             self.lines.append(line.decode().rstrip())
 
 
-async def serve_gateway(config: Path, env: Mapping[str, str] | None = None) -> GatewayProcess:
-    """`cardinal serve --config` in a process; returns once it listens."""
+async def serve_gateway(
+    config: Path, env: Mapping[str, str] | None = None, *args: str
+) -> GatewayProcess:
+    """`cardinal serve --config` (and `args`) in a process; returns once it listens."""
     proc = await asyncio.create_subprocess_exec(
         str(CARDINAL),
         "serve",
         "--config",
         str(config),
+        *args,
         stdout=asyncio.subprocess.PIPE,
         env={**os.environ, **(env or {})},
     )

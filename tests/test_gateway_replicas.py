@@ -4,6 +4,7 @@ three (LiteLLM's multi-instance limits once multiplied by the replica count)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import aiohttp
@@ -85,3 +86,66 @@ async def _redis_errors(url: str) -> float:
             if line.startswith("gateway_redis_errors_total "):
                 return float(line.split()[1])
     return 0.0
+
+
+WORKER_RPM = 30
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", ["memory", pytest.param("redis", marks=needs_redis)])
+async def test_two_workers_hold_one_limit(tmp_path: Path, store: str) -> None:
+    """`cardinal serve --workers 2`: a 30-per-minute key gets 30 requests, not one bucket each."""
+    card = await start_card()
+    limits: dict[str, object] = {"default": {"requests_per_minute": WORKER_RPM}}
+    with contextlib.ExitStack() as stack:
+        if store == "redis":
+            limits["redis_url"] = stack.enter_context(redis_server(tmp_path)).url
+        path = tmp_path / "gateway.yaml"
+        config = {
+            "listen": "127.0.0.1:0",
+            "backends": [{"name": "card", "url": card.url, "model": MODEL}],
+            "auth": {"keys": [{"name": "team", "key_env": "TEAM_KEY"}]},
+            "limits": limits,
+        }
+        path.write_text(yaml.safe_dump(config))
+        gw = await serve_gateway(path, {"TEAM_KEY": "sk-team"}, "--workers", "2")
+        try:
+            await _listening(int(gw.url.rsplit(":", 1)[1]), sockets=2)
+            statuses = await _burst(gw.url, 2 * WORKER_RPM)
+        finally:
+            assert await gw.stop() == 0
+    await card.stop()
+    admitted = statuses.count(200)
+    print(f"\n--workers 2, limits in {store}: {admitted} of {len(statuses)} admitted")
+    assert set(statuses) == {200, 429}
+    assert abs(admitted - WORKER_RPM) <= 1
+
+
+async def _listening(port: int, *, sockets: int) -> None:
+    """Wait until `sockets` processes listen on `port` (each SO_REUSEPORT listener is a row)."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+        listening = [
+            r for r in rows if r.split()[1].endswith(f":{port:04X}") and r.split()[3] == "0A"
+        ]
+        if len(listening) >= sockets:
+            return
+        assert asyncio.get_running_loop().time() < deadline, "the second worker never listened"
+        await asyncio.sleep(0.1)
+
+
+async def _burst(url: str, n: int) -> list[int]:
+    """`n` requests at once, each on a connection of its own (the kernel spreads connections,
+    not requests, over the workers)."""
+    body = {"model": MODEL, "prompt": "hi", "max_tokens": 1}
+    headers = {"Authorization": "Bearer sk-team"}
+    connector = aiohttp.TCPConnector(force_close=True, limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def one() -> int:
+            async with http.post(url + "/v1/completions", json=body, headers=headers) as r:
+                await r.read()
+                return r.status
+
+        return list(await asyncio.gather(*(one() for _ in range(n))))

@@ -9,11 +9,15 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
+
+from gateway import planfile
 
 CARDS_PER_PROCESS = 12  # `make bench` keeps loop lag p99 < 5 ms well above this on 2 cores
 
@@ -104,14 +108,40 @@ def sim_cards(plan_path: Path, *, cards: int, tokens_per_event: int, logs: Path)
 
 
 @contextmanager
-def gateway(plan_path: Path, *, backends: list[str], log: Path) -> Iterator[str]:
+def gateway(
+    plan_path: Path, *, backends: list[str], log: Path, slots: Sequence[int | None] = ()
+) -> Iterator[str]:
+    """`cardinal serve` over the plan's `backends`, each with the plan's batch as its slots,
+    or with its own where `slots` gives them (written to a gateway.yaml beside `log`)."""
     port = free_ports(1)
     argv = [cardinal(), "serve", "--plan", str(plan_path), "--backends", *backends]
+    if any(slots):
+        config = log.with_suffix(".yaml")
+        config.write_text(yaml.safe_dump(gateway_config(plan_path, backends, slots)))
+        argv = [cardinal(), "serve", "--config", str(config)]
     argv += ["--listen", f"127.0.0.1:{port}"]
     with process(argv, log=log) as proc:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url + "/readyz", proc)
         yield url
+
+
+def plan_batch(plan: dict[str, Any]) -> int:
+    """The slots the plan gives each replica (as `cardinal serve --plan` does)."""
+    batch = (plan.get("engine_settings") or {}).get("max_num_seqs") or plan["replica"]["max_batch"]
+    return int(batch or 64)
+
+
+def gateway_config(
+    plan_path: Path, urls: Sequence[str], slots: Sequence[int | None]
+) -> dict[str, Any]:
+    plan = planfile.load(plan_path.read_text(encoding="utf-8"))
+    model, batch = plan["inputs"]["model"], plan_batch(plan)
+    backends = [
+        {"name": f"card-{i}", "url": url, "model": model, "max_inflight": n or batch}
+        for i, (url, n) in enumerate(zip(urls, slots, strict=True))
+    ]
+    return {"backends": backends}
 
 
 def lagging(logs: list[Path]) -> bool:

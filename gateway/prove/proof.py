@@ -13,9 +13,9 @@ from typing import Any
 
 from gateway import planfile
 from gateway.prove.binding import binding_constraint
-from gateway.prove.fleet import gateway, lagging, sim_cards
+from gateway.prove.fleet import gateway, lagging, plan_batch, sim_cards
 from gateway.prove.report import write_report
-from gateway.prove.trial import Trial, run_trial, wait_idle
+from gateway.prove.trial import Trial, run_trial, slots, wait_idle
 
 SWEEP_STEP = 1.25  # bracket the capacity in steps of 25 %
 SWEEP_PRECISION = 0.05  # then bisect to 5 %
@@ -46,8 +46,9 @@ def prove(o: ProveOptions, *, say: Callable[[str], None] = print) -> int:
     seqs = (plan.get("engine_settings") or {}).get("max_num_seqs")
     with ExitStack() as stack:
         urls, logs = _fleet(stack, o, n)
+        own = engine_slots(urls, plan, say) if o.backends else []
         gw = o.gateway or stack.enter_context(
-            gateway(o.plan_path, backends=urls, log=o.report / "gateway.log")
+            gateway(o.plan_path, backends=urls, log=o.report / "gateway.log", slots=own)
         )
         say(f"proving {target:g} QPS on {n} card(s) behind {gw} ({o.duration_s:.0f} s)")
 
@@ -71,7 +72,7 @@ def prove(o: ProveOptions, *, say: Callable[[str], None] = print) -> int:
         say(main.table)
         binding = binding_constraint(main, max_num_seqs=seqs)
         say(f"binding constraint: {binding}")
-        minimal = _minimal(stack, o, run, target, urls, say) if o.check_minimal else None
+        minimal = _minimal(stack, o, run, target, urls, own, say) if o.check_minimal else None
         start = (plan["replica"]["capacity_qps"] or target / n) * n  # search around the plan
         sweep = search_rate(lambda q: run(f"sweep-{q:.2f}", q, gw, urls), start) if o.sweep else []
         invalid = lagging(logs)
@@ -86,6 +87,20 @@ def prove(o: ProveOptions, *, say: Callable[[str], None] = print) -> int:
     )
     say(f"report: {page}")
     return code
+
+
+def engine_slots(
+    urls: list[str], plan: dict[str, Any], say: Callable[[str], None]
+) -> list[int | None]:
+    """Each given engine's own slot count where it publishes one (llama.cpp's /slots), so the
+    gateway does not send it the plan's batch; None where it does not."""
+    found = []
+    for url in urls:
+        listed = slots(url)
+        found.append(len(listed) if listed else None)
+        mine = f"{len(listed)} slots (its /slots)" if listed else "no slot count published"
+        say(f"{url}: {mine}; the plan's batch is {plan_batch(plan)}")
+    return found
 
 
 def _fleet(stack: ExitStack, o: ProveOptions, n: int) -> tuple[list[str], list[Path]]:
@@ -106,13 +121,15 @@ def _minimal(
     run: Callable[[str, float, str, list[str]], Trial],
     target: float,
     urls: list[str],
+    own: list[int | None],
     say: Callable[[str], None],
 ) -> Trial | None:
     if len(urls) < 2:
         say("--check-minimal: needs at least two cards that this run started or was given")
         return None
     fewer = urls[:-1]
-    gw = stack.enter_context(gateway(o.plan_path, backends=fewer, log=o.report / "gateway-1.log"))
+    log = o.report / "gateway-1.log"
+    gw = stack.enter_context(gateway(o.plan_path, backends=fewer, log=log, slots=own[:-1]))
     trial = run("minus-one", target, gw, fewer)
     say(trial.table)
     return trial

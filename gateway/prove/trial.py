@@ -33,8 +33,8 @@ class Sample:
     by_backend: dict[str, float]
     inflight: float
     queued: float
-    waiting: list[float]  # requests queued per card
-    running: list[float]  # requests in the batch per card
+    waiting: list[float | None]  # requests queued per card (None: the card does not say)
+    running: list[float | None]  # requests in the batch per card (None: the card does not say)
 
 
 @dataclass
@@ -72,6 +72,30 @@ def total(m: dict[str, list[tuple[dict[str, str], float]]], name: str) -> float:
     return sum(v for _, v in m.get(name, []))
 
 
+def slots(url: str) -> list[dict[str, Any]] | None:
+    """llama.cpp's `/slots`, one object per slot (None: the card has no such endpoint)."""
+    try:
+        with urllib.request.urlopen(url + "/slots", timeout=2) as r:
+            data = json.loads(r.read())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, list) or not all(isinstance(x, dict) for x in data):
+        return None
+    return data
+
+
+def _figure(m: dict[str, list[tuple[dict[str, str], float]]], names: Sequence[str]) -> float | None:
+    return sum(total(m, n) for n in names) if any(n in m for n in names) else None
+
+
+def _running(m: dict[str, list[tuple[dict[str, str], float]]], url: str) -> float | None:
+    """The card's batch from its metrics, else from llama.cpp's /slots, else not known."""
+    figure = _figure(m, RUNNING)
+    if figure is None and (busy := slots(url)) is not None:
+        figure = float(sum(bool(x.get("is_processing")) for x in busy))
+    return figure
+
+
 def sample(gateway: str, cards: list[str], t: float) -> Sample:
     g = metrics(gateway)
     by_backend: dict[str, float] = {}
@@ -84,8 +108,8 @@ def sample(gateway: str, cards: list[str], t: float) -> Sample:
         by_backend=by_backend,
         inflight=total(g, "gateway_inflight_requests"),
         queued=total(g, "gateway_queue_depth"),
-        waiting=[sum(total(m, n) for n in WAITING) for m in per_card],
-        running=[sum(total(m, n) for n in RUNNING) for m in per_card],
+        waiting=[_figure(m, WAITING) for m in per_card],
+        running=[_running(m, url) for m, url in zip(per_card, cards, strict=True)],
     )
 
 
@@ -157,13 +181,20 @@ def _watch(
             progress(
                 f"  {s.t:4.0f}/{duration_s:.0f} s  done {rate:6.2f} QPS"
                 f"  in flight {s.inflight:4.0f}"
-                f"  gateway queue {s.queued:3.0f}  card batch {_mean(s.running):5.1f}"
-                f"  card queue {_mean(s.waiting):5.1f}"
+                f"  gateway queue {s.queued:3.0f}  card batch {card_mean(s.running)}"
+                f"  card queue {card_mean(s.waiting)}"
             )
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else 0.0
+def known_mean(values: Sequence[float | None]) -> float | None:
+    """The mean of the figures the cards gave (None: none gave one)."""
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
+def card_mean(values: Sequence[float | None]) -> str:
+    mean = known_mean(values)
+    return "unknown" if mean is None else f"{mean:5.1f}"
 
 
 def wait_idle(gateway: str, cards: list[str], *, timeout_s: float = 120) -> None:

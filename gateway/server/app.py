@@ -22,12 +22,14 @@ from gateway.server import validation
 from gateway.server.admission import Admission
 from gateway.server.auth import Keyring, check_admin
 from gateway.server.backend import Backend
+from gateway.server.bucket import LocalStore
 from gateway.server.config import GatewayConfig
 from gateway.server.errors import (
     BadRequest,
     GatewayError,
     PayloadTooLarge,
     RequestTimeout,
+    UndecodableBody,
 )
 from gateway.server.health import Prober
 from gateway.server.limits import Limiter, Ticket
@@ -36,6 +38,7 @@ from gateway.server.policy import RouteRequest, make_policy
 from gateway.server.proxy import Call, Proxy
 from gateway.server.reload import Live, Reloader
 from gateway.server.scrape import Scraper
+from gateway.server.shared_limits import ParentStore
 
 log = logging.getLogger("cardinal.gateway")
 
@@ -52,6 +55,8 @@ limiter_key = web.AppKey("limiter_key", Limiter)
 reloader_key = web.AppKey("reloader_key", Reloader)
 load_key = web.AppKey("load_key", Callable[[], GatewayConfig] | None)  # type: ignore[arg-type]
 rng_key = web.AppKey("rng_key", random.Random)
+# (the buckets to keep, the first worker's socket): see create_app
+limits_place_key = web.AppKey("limits_place_key", tuple[LocalStore | None, str | None])
 request_id_key = web.RequestKey("request_id_key", str)
 
 REQUEST_ID_RE = re.compile(r"[\w.:\-]{1,128}")
@@ -63,8 +68,12 @@ def create_app(
     registry: CollectorRegistry | None = None,
     rng: random.Random | None = None,
     load_config: Callable[[], GatewayConfig] | None = None,
+    limits: LocalStore | None = None,
+    parent_limits: str | None = None,
 ) -> web.Application:
-    """The gateway; `load_config` reads gateway.yaml again for a reload (None: no reloads)."""
+    """The gateway; `load_config` reads gateway.yaml again for a reload (None: no reloads).
+    `limits`: the per-key buckets to keep (the first of several workers shares them);
+    `parent_limits`: in another worker, the Unix socket where the first one serves them."""
     app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes)
     registry = registry if registry is not None else CollectorRegistry()
     backends = [Backend(b, index=i) for i, b in enumerate(config.backends)]
@@ -74,6 +83,7 @@ def create_app(
     app[config_key] = config
     app[live_key] = Live(config=config, keyring=Keyring(config.auth.keys))
     app[load_key] = load_config
+    app[limits_place_key] = (limits, parent_limits)
     app[rng_key] = rng
     app[registry_key] = registry
     app[metrics_key] = metrics
@@ -103,7 +113,10 @@ def create_app(
 
 async def limiter_ctx(app: web.Application) -> AsyncIterator[None]:
     """Per-key limits; closed last, after the requests that settle into them."""
-    limiter = Limiter(app[config_key].limits, app[metrics_key])
+    config = app[config_key].limits
+    local, parent_path = app[limits_place_key]
+    parent = ParentStore(parent_path, timeout_s=config.redis_timeout_s) if parent_path else None
+    limiter = Limiter(config, app[metrics_key], local=local, parent=parent)
     app[limiter_key] = limiter
     try:
         yield
@@ -238,6 +251,7 @@ async def _forward(request: web.Request, path: str) -> web.StreamResponse:
     app = request.app
     live = app[live_key]
     key = live.keyring.identify(request.headers)  # before the body: strangers cost nothing
+    validation.check_headers(request.headers)
     body = await _body(request)
     parsed = validation.parse_body(body)
     validation.check(path, parsed)
@@ -279,6 +293,10 @@ async def _body(request: web.Request) -> bytes:
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[config_key].max_body_bytes
         raise PayloadTooLarge(f"request body exceeds {limit} bytes") from None
+    except web.RequestPayloadError as e:  # a body that is not the gzip (or br) it claims to be
+        encoding = request.headers.get("Content-Encoding")
+        what = f"not valid {encoding}, its Content-Encoding" if encoding else f"malformed: {e}"
+        raise UndecodableBody(f"request body is {what}") from None
     except TimeoutError:
         raise RequestTimeout(
             f"request body not received within {server.body_timeout_s:g} s"

@@ -35,6 +35,8 @@ class Backend:
         self.inflight = 0
         self.served = 0  # requests sent here, for /admin and tests
         self.failures = 0  # consecutive; drives the probe backoff
+        self.strikes = 0  # failed answers in a row; `failure_threshold` of them eject
+        self.ejections = 0  # for failed answers, since the last good answer
         self.last_error: str | None = None
         self.next_probe_s = 0.0
         self.load = EngineLoad()
@@ -69,6 +71,25 @@ class Backend:
         self.failures += 1
         self.next_probe_s = now + min(max_s, base_s * 2 ** (self.failures - 1))
 
+    def strike(
+        self, error: str, *, now: float, threshold: int, base_s: float, max_s: float
+    ) -> None:
+        """A failed answer (5xx, timeout, broken stream): ejected at `threshold` in a row, since
+        one failure may be the request's doing, not the backend's. Back from such an ejection
+        and not yet proven by a good answer, one failure ejects it again, for twice as long
+        (as Envoy's ejection time grows with each ejection)."""
+        self.strikes += 1
+        self.last_error = error
+        if self.strikes >= threshold or self.ejections:
+            self.ejections += 1
+            base_s = min(max_s, base_s * 2 ** (self.ejections - 1))
+            self.eject(error, now=now, base_s=base_s, max_s=max_s)
+
+    def answered(self) -> None:
+        """A request served (any answer below 500): the run of failed answers is over."""
+        self.strikes = 0
+        self.ejections = 0
+
     def warming(self, message: str, *, now: float, base_s: float) -> None:
         """The backend answered 503 while loading: not dead, probe again at the base interval."""
         self.state = WARMING
@@ -78,6 +99,7 @@ class Backend:
     def admit(self) -> None:
         self.state = UP
         self.failures = 0
+        self.strikes = 0
 
     def describe(self) -> dict[str, object]:
         load = self.load
@@ -91,6 +113,7 @@ class Backend:
             "weight": self.weight,
             "served": self.served,
             "consecutive_failures": self.failures,
+            "failed_answers": self.strikes,
             "last_error": self.last_error,
             "engine": {
                 "running": load.running,

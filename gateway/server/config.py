@@ -47,6 +47,9 @@ class HealthConfig:
     interval_s: float = 1.0  # first re-probe of an ejected backend; doubles per failure
     max_backoff_s: float = 30.0
     timeout_s: float = 2.0
+    # Failed answers in a row (5xx, timeouts, broken streams) that eject a backend, as Envoy's
+    # consecutive_5xx: one bad request must not take a backend, or the fleet, out.
+    failure_threshold: int = 5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,6 +118,7 @@ class ServerConfig:
     header_timeout_s: float = 15.0  # a request's head (and an idle keep-alive) within this
     body_timeout_s: float = 30.0  # the whole body within this, else 408
     drain_timeout_s: float = 30.0  # SIGTERM: in-flight requests get this long to finish
+    send_timeout_s: float = 60.0  # a stream whose client reads nothing this long is cut (nginx's)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -303,6 +307,7 @@ def _health(s: _Section) -> HealthConfig:
         interval_s=s.positive("interval_s", float, 1.0),
         max_backoff_s=s.positive("max_backoff_s", float, 30.0),
         timeout_s=s.positive("timeout_s", float, 2.0),
+        failure_threshold=s.positive("failure_threshold", int, 5),
     )
     s.done()
     return config
@@ -424,6 +429,7 @@ def _server(s: _Section) -> ServerConfig:
         header_timeout_s=s.positive("header_timeout_s", float, 15.0),
         body_timeout_s=s.positive("body_timeout_s", float, 30.0),
         drain_timeout_s=s.positive("drain_timeout_s", float, 30.0),
+        send_timeout_s=s.positive("send_timeout_s", float, 60.0),
     )
     s.done()
     return config

@@ -35,6 +35,22 @@ class BadRequest(GatewayError):
     type = "invalid_request_error"
 
 
+class UndecodableBody(BadRequest):
+    """A body that is not the gzip (or deflate, br) it claims to be: the rest of it cannot be
+    read either, so the connection closes after the answer."""
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}
+
+
+class UnsupportedMediaType(GatewayError):
+    """A body in a content type or encoding the gateway does not read."""
+
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
@@ -91,6 +107,17 @@ class UpstreamFailed(GatewayError):
 class UpstreamTimeout(UpstreamFailed):
     status = 504
     code = "upstream_timeout"
+
+
+class RequestFailed(UpstreamFailed):
+    """Two backends failed this very request the same way: the request is the likely cause, so
+    it is not tried on a third, and the client gets the backends' status."""
+
+    code = "request_failed_upstream"
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class RequestTimeout(GatewayError):

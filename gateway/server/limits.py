@@ -4,6 +4,8 @@
 When Redis fails, the gateway goes on with local limits for `redis_retry_s`, then tries Redis
 again; `gateway_limits_backend{store}` says which is in use. Local limits are per replica, so while
 Redis is out N replicas let through up to N times a key's rate: better than refusing everyone.
+The worker processes of one replica share its local limits: the first process holds them for the
+others (`shared_limits.py`); a worker that cannot reach it keeps its own until it can again.
 """
 
 from __future__ import annotations
@@ -49,10 +51,21 @@ class Ticket:
 
 
 class Limiter:
-    def __init__(self, config: LimitsConfig, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        config: LimitsConfig,
+        metrics: GatewayMetrics,
+        *,
+        local: LocalStore | None = None,
+        parent: Store | None = None,
+    ) -> None:
+        """`local`: this process's buckets (the first process passes those it shares);
+        `parent`: in a worker, the first process's, used before its own."""
         self.config = config
         self.metrics = metrics
-        self.local = LocalStore()
+        self.local = local or LocalStore()
+        self.parent = parent
+        self._parent_down = False
         self.redis: RedisStore | None = None
         self._retired: list[RedisStore] = []
         self._redis_url: str | None = None
@@ -115,6 +128,8 @@ class Limiter:
             await asyncio.wait(self._tasks, timeout=2 * self.config.redis_timeout_s * SETTLE_TRIES)
         for store in [*self._retired, *([self.redis] if self.redis else [])]:
             await store.close()
+        if self.parent is not None:
+            await self.parent.close()
 
     async def _decide(self, key: str, limits: KeyLimits, member: str) -> tuple[Store, Verdict]:
         loop = asyncio.get_running_loop()
@@ -128,7 +143,26 @@ class Limiter:
                     self._down = False
                     log.warning("limits: Redis is back; limits are shared again")
                 return self.redis, verdict
+        if self.parent is not None:
+            try:
+                verdict = await self.parent.admit(key, limits, member)
+            except STORE_ERRORS as e:
+                self._parent_failed(e)
+            else:
+                if self._parent_down:
+                    self._parent_down = False
+                    log.warning("limits: the first process answers again; limits are shared")
+                return self.parent, verdict
         return self.local, await self.local.admit(key, limits, member)
+
+    def _parent_failed(self, error: BaseException) -> None:
+        if not self._parent_down:
+            self._parent_down = True
+            log.warning(
+                "limits: the gateway's first process does not answer (%s); this worker's own "
+                "limits until it does",
+                _describe(error),
+            )
 
     async def _settle(self, ticket: Ticket, tokens: int) -> None:
         for attempt in range(SETTLE_TRIES):
@@ -136,9 +170,14 @@ class Limiter:
                 await ticket.store.settle(ticket.key, ticket.limits, tokens, ticket.member)
                 return
             except STORE_ERRORS as e:
-                self.metrics.redis_errors.inc()
+                if isinstance(ticket.store, RedisStore):
+                    self.metrics.redis_errors.inc()
                 if attempt + 1 == SETTLE_TRIES:
-                    log.warning("limits: could not settle a request in Redis: %s", _describe(e))
+                    log.warning(
+                        "limits: could not settle a request in %s: %s",
+                        ticket.store.name,
+                        _describe(e),
+                    )
                     return
                 await asyncio.sleep(self.config.redis_retry_s)
 

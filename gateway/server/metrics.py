@@ -67,6 +67,10 @@ class GatewayMetrics:
         self.stream_errors = Counter(
             "gateway_stream_errors", "Streams cut after the first byte.", ("backend",), **r
         )
+        self.send_timeouts = Counter(
+            "gateway_send_timeouts", "Streams cut: the client read nothing for the send timeout.",
+            **r,
+        )  # fmt: skip
         self.overhead = Histogram(
             "gateway_overhead_seconds", "Gateway time per request, queue and upstream excluded.",
             buckets=OVERHEAD_BUCKETS, **r,

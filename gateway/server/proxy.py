@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -14,7 +15,14 @@ from aiohttp import web
 from gateway.server.admission import Admission
 from gateway.server.backend import Backend
 from gateway.server.config import GatewayConfig
-from gateway.server.errors import NoBackend, UpstreamFailed, UpstreamTimeout
+from gateway.server.errors import (
+    GatewayError,
+    NoBackend,
+    Overloaded,
+    RequestFailed,
+    UpstreamFailed,
+    UpstreamTimeout,
+)
 from gateway.server.metrics import GatewayMetrics
 from gateway.server.policy import RouteRequest
 from gateway.server.sse import EVENT_END, SSE_FIELDS, EventFramer, StreamMeter, usage
@@ -33,6 +41,9 @@ RETRY_STATUS = {
     503: "unavailable",
     504: "timeout",
 }
+# Failures that the request itself may cause (a prompt the engine chokes on, a prefill longer than
+# the read timeout): the same one on two backends ends the request there, with their answer.
+REQUEST_FAULTS = {"server_error", "bad_gateway", "timeout", "malformed"}
 UPSTREAM_ERRORS = (aiohttp.ClientError, TimeoutError)
 MAX_FIRST_EVENT = 1 << 20  # a first event larger than this is not one
 # llama-server closes the connection after every streamed answer though it announced keep-alive;
@@ -73,10 +84,20 @@ class Call:
 class _Retry(Exception):
     """This attempt failed before any byte reached the client."""
 
-    def __init__(self, reason: str, message: str, *, timeout: bool = False) -> None:
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        *,
+        timeout: bool = False,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.timeout = timeout
+        self.status = status  # the backend's answer, when it answered
+        self.retry_after_s = retry_after_s  # a 429's Retry-After, when it gave one
 
 
 class Proxy:
@@ -96,12 +117,12 @@ class Proxy:
 
     async def forward(self, request: web.Request, call: Call) -> web.StreamResponse:
         tried: list[Backend] = []
-        last: _Retry | None = None
+        failed: list[_Retry] = []
         for _ in range(self.config.max_attempts):
             try:
                 backend, waited = await self.admission.acquire(call.route, exclude=tried)
             except NoBackend:
-                if last is None:
+                if not failed:
                     raise
                 break  # every backend serving the model has been tried or is out
             tried.append(backend)
@@ -109,13 +130,33 @@ class Proxy:
             try:
                 return await self._attempt(request, call, backend, waited)
             except _Retry as e:
-                last = e
                 self.metrics.child(self.metrics.retries, backend.name, e.reason).inc()
+                failed.append(e)
+                if _twice(failed):
+                    break
             finally:
                 self.admission.release(backend)
-        assert last is not None
+        raise self._gave_up(call, failed)
+
+    def _gave_up(self, call: Call, failed: Sequence[_Retry]) -> GatewayError:
+        """The error for a request no backend served: theirs when all were busy or when two
+        failed it alike, else the gateway's 502 (504 after a timeout)."""
+        last, n = failed[-1], len(failed)
+        if all(f.reason == "busy" for f in failed):
+            self.metrics.child(self.metrics.rejected, "backends_busy").inc()
+            waits = [f.retry_after_s for f in failed if f.retry_after_s is not None]
+            wait = math.ceil(min(waits)) if waits else self.config.admission.retry_after_s
+            return Overloaded(
+                f"every backend serving `{call.route.model}` is busy ({n} tried); last: {last}",
+                retry_after_s=max(1, wait),
+            )
+        if _twice(failed):
+            message = f"{n} backends failed this request alike, so it is not retried: {last}"
+            if last.status is not None:
+                return RequestFailed(message, status=last.status)
+            return (UpstreamTimeout if last.timeout else UpstreamFailed)(message)
         error = UpstreamTimeout if last.timeout else UpstreamFailed
-        raise error(f"no backend answered ({len(tried)} tried); last error: {last}")
+        return error(f"no backend answered ({n} tried); last error: {last}")
 
     async def _attempt(
         self, request: web.Request, call: Call, backend: Backend, waited: float
@@ -153,6 +194,8 @@ class Proxy:
         now = self._loop.time()
         if up.status == 200:
             self._count_tokens(call, usage(payload[-512:]))
+        if up.status < 500:
+            backend.answered()
         self._finish(call, backend, str(up.status), now)
         ctype = up.headers.get("Content-Type", "application/json")
         return web.Response(
@@ -200,9 +243,12 @@ class Proxy:
                 meter.feed(events, loop.time())
                 last = events[-64:]
                 try:
-                    await resp.write(events)
+                    await self._send(resp, events)
                 except ConnectionResetError:
                     self._finish(call, backend, "499", loop.time(), meter)  # "client closed"
+                    return resp
+                except TimeoutError:
+                    self._stalled(request, call, backend, meter)
                     return resp
             try:
                 chunk = await content.readany()
@@ -215,9 +261,33 @@ class Proxy:
             error = BrokenStream("stream ended without [DONE]")
             await self._cut(call, backend, resp, error, meter)
             return resp
-        await resp.write_eof()
+        backend.answered()
+        try:
+            await self._send(resp, None)
+        except TimeoutError:
+            self._stalled(request, call, backend, meter)
+            return resp
         self._finish(call, backend, "200", loop.time(), meter)
         return resp
+
+    async def _send(self, resp: web.StreamResponse, data: bytes | None) -> None:
+        """Write (None: end the stream) unless the client stops reading for the send timeout,
+        as nginx's send_timeout: a client that reads nothing must not hold a slot for good."""
+        async with asyncio.timeout(self.config.server.send_timeout_s):
+            if data is None:
+                await resp.write_eof()
+            else:
+                await resp.write(data)
+
+    def _stalled(
+        self, request: web.Request, call: Call, backend: Backend, meter: StreamMeter
+    ) -> None:
+        """The client read nothing for the send timeout: drop it; returning frees the slot and
+        closes the upstream request."""
+        self.metrics.send_timeouts.inc()
+        if request.transport is not None:
+            request.transport.abort()  # what it has not read is lost anyway
+        self._finish(call, backend, "499", self._loop.time(), meter)
 
     async def _post(
         self, url: str, *, data: bytes, headers: Mapping[str, str]
@@ -248,7 +318,7 @@ class Proxy:
         first = EVENT_END.split(head, maxsplit=1)[0]
         if not EVENT_END.search(head) or not _well_formed(first):
             error = BrokenStream(f"malformed SSE: {head[:80]!r}")
-            self._eject(backend, error)
+            self._strike(backend, error)
             raise _Retry("malformed", f"{backend.name}: {error}")
         return head
 
@@ -269,7 +339,10 @@ class Proxy:
         meter: StreamMeter,
     ) -> None:
         """The backend died mid-stream: tell the client in-band, as OpenAI does, and end."""
-        self._eject(backend, error)
+        if isinstance(error, BrokenStream | TimeoutError):
+            self._strike(backend, error)
+        else:
+            self._eject(backend, error)
         self.metrics.child(self.metrics.stream_errors, backend.name).inc()
         body = UpstreamFailed(
             f"backend {backend.name} failed mid-stream: {_describe(error)}"
@@ -282,22 +355,40 @@ class Proxy:
         self._finish(call, backend, "502", self._loop.time(), meter)
 
     async def _refused(self, backend: Backend, up: aiohttp.ClientResponse) -> _Retry:
-        text = (await up.read())[:200].decode(errors="replace")
+        text = _message(await up.read())
         now = self._loop.time()
         h = self.config.health
         if up.status == 503:
             backend.warming(f"503: {text}", now=now, base_s=h.interval_s)
         elif up.status != 429:
-            backend.eject(
-                f"{up.status}: {text}", now=now, base_s=h.interval_s, max_s=h.max_backoff_s
-            )
-        return _Retry(RETRY_STATUS[up.status], f"{backend.name} answered {up.status}: {text}")
+            self._strike(backend, f"{up.status}: {text}")
+        return _Retry(
+            RETRY_STATUS[up.status],
+            f"{backend.name} answered {up.status}: {text}",
+            status=up.status,
+            retry_after_s=_seconds(up.headers.get("Retry-After")),
+        )
 
     def _failed(self, backend: Backend, error: BaseException) -> _Retry:
-        self._eject(backend, error)
+        """A call that got no answer: a refused or reset connection is the backend's (out at
+        once); a timeout may be the request's (a strike)."""
         timeout = isinstance(error, TimeoutError)
+        if timeout:
+            self._strike(backend, error)
+        else:
+            self._eject(backend, error)
         reason = "timeout" if timeout else "connect" if _is_connect(error) else "disconnect"
         return _Retry(reason, f"{backend.name}: {_describe(error)}", timeout=timeout)
+
+    def _strike(self, backend: Backend, error: BaseException | str) -> None:
+        h = self.config.health
+        backend.strike(
+            error if isinstance(error, str) else _describe(error),
+            now=self._loop.time(),
+            threshold=h.failure_threshold,
+            base_s=h.interval_s,
+            max_s=h.max_backoff_s,
+        )
 
     def _eject(self, backend: Backend, error: BaseException) -> None:
         h = self.config.health
@@ -343,6 +434,33 @@ def _well_formed(event: bytes) -> bool:
         return isinstance(json.loads(payload), dict)
     except ValueError:
         return False
+
+
+def _twice(failed: Sequence[_Retry]) -> bool:
+    """Did the latest failure happen before, on another backend, in a way the request may cause?"""
+    last = failed[-1]
+    return last.reason in REQUEST_FAULTS and any(f.reason == last.reason for f in failed[:-1])
+
+
+def _message(payload: bytes) -> str:
+    """A backend's error, short: the `message` of OpenAI's shape (or vLLM's older flat one)."""
+    try:
+        body = json.loads(payload)
+        error = body.get("error", body)
+        message = error.get("message") if isinstance(error, dict) else error
+    except (ValueError, AttributeError):
+        message = None
+    text = message if isinstance(message, str) else payload.decode(errors="replace")
+    return text[:200]
+
+
+def _seconds(retry_after: str | None) -> float | None:
+    """Retry-After in seconds (an HTTP date is not worth parsing here: None)."""
+    try:
+        value = float(retry_after) if retry_after is not None else math.nan
+    except ValueError:
+        return None
+    return max(0.0, value) if math.isfinite(value) else None
 
 
 def _is_connect(error: BaseException) -> bool:

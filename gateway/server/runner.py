@@ -2,6 +2,8 @@
 
 Each worker is a whole gateway with its own backends' state and metrics; the kernel spreads
 connections over them. Prometheus should scrape each worker (or run one worker per container).
+Per-key limits are one set for all workers: the first process holds them and answers the others
+over a Unix socket (`shared_limits.py`), Redis or not.
 SIGHUP reloads the config in every worker; SIGTERM (or SIGINT) stops accepting connections, lets
 the requests in flight finish within `server.drain_timeout_s`, then exits.
 """
@@ -13,15 +15,20 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 from aiohttp import web
 
 from gateway.server.app import config_key, create_app, live_key, metrics_key, reloader_key
+from gateway.server.bucket import LocalStore
 from gateway.server.config import GatewayConfig
 from gateway.server.connections import CappedSite
+from gateway.server.shared_limits import store_app
 
 log = logging.getLogger("cardinal.gateway")
 
@@ -90,10 +97,17 @@ def serve(config: GatewayConfig, *, workers: int = 1, load: Loader | None = None
     _logging()
     sock = bound_socket(config.host, config.port)
     port = sock.getsockname()[1]
+    # Listening before the workers start, so that their first requests wait for an answer.
+    tmp = tempfile.mkdtemp(prefix="cardinal-limits-") if workers > 1 else None
+    limits_sock = _unix_socket(str(Path(tmp) / "limits.sock")) if tmp else None
+    path = limits_sock.getsockname() if limits_sock else None
     ctx = multiprocessing.get_context("spawn")
     children = [
         ctx.Process(
-            target=_worker, args=(config, port, load), name=f"gateway-worker-{i}", daemon=True
+            target=_worker,
+            args=(config, port, load, path),
+            name=f"gateway-worker-{i}",
+            daemon=True,
         )
         for i in range(1, workers)
     ]
@@ -107,17 +121,31 @@ def serve(config: GatewayConfig, *, workers: int = 1, load: Loader | None = None
     )
     pids = [c.pid for c in children if c.pid is not None]
     try:
-        asyncio.run(_serve_until_signal(config, sock=sock, load=load, forward_to=pids))
+        asyncio.run(
+            _serve_until_signal(
+                config, sock=sock, load=load, forward_to=pids, limits_sock=limits_sock
+            )
+        )
     finally:
         for child in children:
             child.terminate()  # a no-op for those already draining on the forwarded signal
         for child in children:
             child.join(timeout=config.server.drain_timeout_s + 5)
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _worker(config: GatewayConfig, port: int, load: Loader | None) -> None:
+def _worker(config: GatewayConfig, port: int, load: Loader | None, limits: str | None) -> None:
     _logging()
-    asyncio.run(_serve_until_signal(config, port=port, load=load))
+    asyncio.run(_serve_until_signal(config, port=port, load=load, parent_limits=limits))
+
+
+def _unix_socket(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
 
 
 async def _serve_until_signal(
@@ -127,6 +155,8 @@ async def _serve_until_signal(
     port: int = 0,
     load: Loader | None = None,
     forward_to: list[int] | None = None,
+    limits_sock: socket.socket | None = None,
+    parent_limits: str | None = None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -139,7 +169,9 @@ async def _serve_until_signal(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_stop, sig)
     drain_s = config.server.drain_timeout_s
-    app = create_app(config, load_config=load)
+    store = LocalStore()
+    app = create_app(config, load_config=load, limits=store, parent_limits=parent_limits)
+    shared = await start(store_app(store), sock=limits_sock) if limits_sock else None
     runner = await start(
         app, sock=sock, host=config.host, port=port, reuse_port=True, shutdown_timeout=drain_s
     )
@@ -162,6 +194,8 @@ async def _serve_until_signal(
         # Stops listening, closes idle connections, waits for handlers up to the deadline,
         # then cancels the rest (their clients get an error event) and closes the app.
         await runner.cleanup()
+        if shared is not None:  # last: the workers settle their requests here as they drain
+            await shared.cleanup()
     print("gateway: stopped", flush=True)
 
 

@@ -4,27 +4,93 @@ pass through untouched: engines add their own (vLLM's `ignore_eos`, llama.cpp's 
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
+import re
+from collections.abc import Mapping
 from typing import Any
 
-from gateway.server.errors import BadRequest
+from gateway.server.errors import BadRequest, UnsupportedMediaType
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 CHAT, COMPLETIONS, EMBEDDINGS = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
+# What aiohttp decodes before the gateway reads the body; anything else would reach the JSON
+# parser (or a backend) still encoded.
+ENCODINGS = ("identity", "gzip", "deflate", "br")
+JSON_TYPES = ("application/json", "application/octet-stream")
+BOMS = {codecs.BOM_UTF8: "UTF-8", codecs.BOM_UTF16_LE: "UTF-16", codecs.BOM_UTF16_BE: "UTF-16"}
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # a cheap test before the full walk
+
+
+def check_headers(headers: Mapping[str, str]) -> None:
+    """415 for a body the gateway cannot read as JSON: another media type, charset or encoding.
+    No Content-Type passes, and application/octet-stream (what HTTP libraries label bytes with
+    when the caller named no type)."""
+    ctype = headers.get("Content-Type")
+    if ctype is not None:
+        media, _, params = ctype.partition(";")
+        media = media.strip().lower()
+        if media not in JSON_TYPES and not media.endswith("+json"):
+            raise UnsupportedMediaType(f"Content-Type must be application/json, got {_show(ctype)}")
+        charset = re.search(r"charset\s*=\s*\"?([\w.:-]+)", params, re.IGNORECASE)
+        if charset and charset.group(1).lower() not in ("utf-8", "utf8"):
+            raise UnsupportedMediaType(
+                f"Content-Type charset must be utf-8 (JSON is UTF-8), got {_show(charset.group(1))}"
+            )
+    encoding = headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ENCODINGS:
+        raise UnsupportedMediaType(
+            f"Content-Encoding must be one of {', '.join(ENCODINGS)}, got {_show(encoding)}"
+        )
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object; NaN, Infinity and absurd nesting are refused too."""
+    """The body as a JSON object, from UTF-8 without a byte order mark (RFC 8259), with no lone
+    surrogates in its strings; NaN, Infinity and absurd nesting are refused too."""
+    for bom, name in BOMS.items():
+        if body.startswith(bom):
+            raise BadRequest(
+                f"request body is not valid JSON: it starts with a {name} byte order mark "
+                "(JSON must be UTF-8 without one)"
+            )
     try:
-        parsed = json.loads(body, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError) as e:
+        parsed = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+    except UnicodeDecodeError as e:
+        raise BadRequest(
+            f"request body is not valid JSON: not UTF-8 (byte {e.start}: {e.reason})"
+        ) from None
+    except ValueError as e:
         raise BadRequest(f"request body is not valid JSON: {e}") from None
     except RecursionError:
         raise BadRequest("request body is not valid JSON: nested too deeply") from None
     if not isinstance(parsed, dict):
         raise BadRequest("request body must be a JSON object")
+    if SURROGATE_ESCAPE.search(body):
+        _no_lone_surrogates(parsed)
     return parsed
+
+
+def _no_lone_surrogates(body: dict[str, Any]) -> None:
+    """A `\\ud800` escape without its pair is valid JSON but no text: engines fail on it (with a
+    500, some of them), so it is refused here, naming the field."""
+    stack: list[tuple[str, Any]] = [("", body)]
+    while stack:  # not recursive: the body may nest as deep as the JSON parser allows
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            stack += [(f"{where}.{k}" if where else str(k), v) for k, v in value.items()]
+            stack += [(where or "(a key)", k) for k in value]
+        elif isinstance(value, list):
+            stack += [(f"{where}[{i}]", v) for i, v in enumerate(value)]
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                code = ord(value[e.start])
+                raise BadRequest(
+                    f"`{where}` holds a lone UTF-16 surrogate (\\u{code:04x}): not valid text",
+                    param=where,
+                ) from None
 
 
 def check(path: str, body: dict[str, Any]) -> None:
@@ -89,6 +155,19 @@ def _messages(messages: Any) -> None:
             raise BadRequest(
                 f"`{where}.content` must be a string or a list of parts", param=where + ".content"
             )
+        if isinstance(content, list):
+            _parts(content, where + ".content")
+
+
+def _parts(parts: list[Any], where: str) -> None:
+    """Content parts: objects with a string `type`; a text part's `text` is a string."""
+    for j, part in enumerate(parts):
+        at = f"{where}[{j}]"
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise BadRequest(f"`{at}` must be an object with a string `type`", param=at)
+        text = part.get("text")
+        if (part["type"] == "text" or text is not None) and not isinstance(text, str):
+            raise BadRequest(f"`{at}.text` must be a string, got {_show(text)}", param=at + ".text")
 
 
 def _prompt(prompt: Any) -> None:

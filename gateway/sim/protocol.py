@@ -48,7 +48,36 @@ def _chat_prompt(body: dict[str, Any]) -> int:
         raise BadRequest("`messages` must be a non-empty list", param="messages")
     if not all(isinstance(m, dict) and "role" in m for m in messages):
         raise BadRequest("each of `messages` must be an object with a `role`", param="messages")
+    for i, m in enumerate(messages):
+        _content(m.get("content"), f"messages[{i}].content")
     return chat_tokens(messages)
+
+
+def _content(content: Any, where: str) -> None:
+    """A message's content that the tokenizer can read: text, or parts whose `text` is text."""
+    if content is None:
+        return
+    if isinstance(content, str):
+        _text(content, where)
+        return
+    if not isinstance(content, list):
+        raise BadRequest(f"`{where}` must be a string or a list of parts", param=where)
+    for j, part in enumerate(content):
+        text = part.get("text") if isinstance(part, dict) else None
+        if text is not None and not isinstance(text, str):
+            raise BadRequest(f"`{where}[{j}].text` must be a string", param=f"{where}[{j}].text")
+        if text:
+            _text(text, f"{where}[{j}].text")
+
+
+def _text(text: str, where: str) -> None:
+    """vLLM answers 400 for text its tokenizer cannot encode, as a lone surrogate."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(
+            f"`{where}` is not valid text: it holds a lone surrogate", param=where
+        ) from None
 
 
 def _completion_prompt(body: dict[str, Any]) -> int:
@@ -56,6 +85,7 @@ def _completion_prompt(body: dict[str, Any]) -> int:
     if isinstance(prompt, list) and len(prompt) == 1:
         prompt = prompt[0]
     if isinstance(prompt, str) and prompt:
+        _text(prompt, "prompt")
         return text_tokens(prompt)
     if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
         return len(prompt)  # token ids

@@ -182,6 +182,8 @@ async def _json(request: web.Request) -> Any:
         return await request.json()
     except json.JSONDecodeError as e:
         raise BadRequest(f"request body is not valid JSON: {e.msg}") from None
+    except UnicodeDecodeError:
+        raise BadRequest("request body is not valid JSON: not UTF-8") from None
 
 
 def _max_tokens(config: CardConfig, req: GenRequest) -> int:
