@@ -22,13 +22,12 @@ from gateway.cli_calibrate import (
     cmd_calibrate,
 )
 from gateway.cli_search import add_search_arguments, check_flags, cmd_search, workload_from_args
-from gateway.planner.accuracy import check_all, render_serving, render_table, summary
+from gateway.planner.accuracy import check_all, render_document, summary
 from gateway.planner.catalog import Catalog, Model, load_catalog, model_from_hf_config
 from gateway.planner.errors import PlanError
 from gateway.planner.kvcache import MLA_LAYOUTS
-from gateway.planner.plan import KV_DTYPES, PlanRequest, make_plan, request_for
+from gateway.planner.plan import ESTIMATORS, KV_DTYPES, PlanRequest, make_plan, request_for
 from gateway.planner.report import render_text
-from gateway.planner.serving import predict_all
 
 if TYPE_CHECKING:
     from gateway.sim.card import Card
@@ -304,6 +303,14 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="llama.cpp: force -ngl N, the last N layers on the GPU (default: as many as fit)",
     )
+    k.add_argument(
+        "--estimator",
+        choices=ESTIMATORS,
+        default="roofline",
+        help="how a step is timed: the fitted roofline (default, the more accurate on held-out "
+        "serving points) or measured kernel tables (needs cardinal[profiled]); profiled prints "
+        "both estimates",
+    )
     k.add_argument("--gpu-price", type=positive(float), help="USD per GPU-hour (overrides catalog)")
     k.add_argument(
         "--per-card-qps",
@@ -342,6 +349,7 @@ def request_from_args(args: argparse.Namespace, catalog: Catalog) -> PlanRequest
         max_num_batched_tokens=args.max_num_batched_tokens,
         gpu_memory_utilization=args.gpu_memory_utilization,
         gpu_layers=args.gpu_layers,
+        estimator=args.estimator,
         gpu_price_usd_per_hour=args.gpu_price,
         per_card_qps=args.per_card_qps,
         host_bandwidth_gb_s=args.cpu_bandwidth,
@@ -370,6 +378,12 @@ def cmd_plan(args: argparse.Namespace, catalog: Catalog) -> int:
     check_flags(args)
     if args.search and args.calibration:
         raise PlanError("--calibration plans one fleet, not a search", field="calibration")
+    if args.search and args.estimator != "roofline":
+        raise PlanError(
+            "--search ranks fleets with the roofline (the kernel tables cover only dense vLLM "
+            "plans); profile one plan at a time",
+            field="estimator",
+        )
     if args.search:
         if bool(args.model) == bool(args.model_config):
             raise PlanError("give exactly one of --model and --model-config", field="model")
@@ -421,7 +435,7 @@ def cmd_accuracy(args: argparse.Namespace, catalog: Catalog) -> int:
 
     rows = read_rows(args.reference.read_text(encoding="utf-8")) if args.reference else None
     checks = check_all(catalog, rows)
-    table = render_table(checks) + "\n" + render_serving(predict_all(catalog))
+    table = render_document(catalog, checks)
     print(table, end="")
     if args.output:
         args.output.write_text(ACCURACY_HEADER + table, encoding="utf-8")

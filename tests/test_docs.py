@@ -12,9 +12,8 @@ import urllib.request
 from pathlib import Path
 
 from gateway.cli import ACCURACY_HEADER
-from gateway.planner.accuracy import check_all, render_serving, render_table
+from gateway.planner.accuracy import check_all, render_document
 from gateway.planner.catalog import load_catalog
-from gateway.planner.serving import predict_all
 from gateway.prove.fleet import free_ports
 from gateway.seeds import render_seeds
 
@@ -30,7 +29,7 @@ def test_seeds_doc_is_current() -> None:
 
 def test_accuracy_doc_is_current() -> None:
     catalog = load_catalog()
-    table = render_table(check_all(catalog)) + "\n" + render_serving(predict_all(catalog))
+    table = render_document(catalog, check_all(catalog))
     assert (ROOT / "docs/accuracy.md").read_text(encoding="utf-8") == ACCURACY_HEADER + table, (
         "docs/accuracy.md drifted: run `make accuracy`"
     )

@@ -1,4 +1,4 @@
-"""Weight bytes, parameter counts and KV-cache bytes against sourced figures (docs/formulas.md §1-2)."""
+"""Weight bytes, parameter counts and KV-cache bytes against sourced figures (formulas.md §1-2)."""
 
 from __future__ import annotations
 

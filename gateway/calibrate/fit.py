@@ -9,19 +9,23 @@ from importlib import resources
 from pathlib import Path
 
 from gateway.planner.catalog import load_catalog
-from gateway.planner.fitting import DENSE_KNOBS, MOE_KNOBS, TTFT_KNOBS, fit_tp_engine
+from gateway.planner.fitting import (
+    DENSE_KNOBS,
+    MOE_KNOBS,
+    PROFILED_KNOBS,
+    TTFT_KNOBS,
+    fit_profiled,
+    fit_tp_engine,
+)
+from gateway.planner.profiled import installed
 
 
 def write_error_table() -> Path:
     """model_error.yaml from the current step model (what every plan's uncertainty line reads)."""
-    from gateway.planner.accuracy import check_all
-    from gateway.planner.serving import predict_all
-    from gateway.planner.uncertainty import error_table, render_error_table
+    from gateway.planner.uncertainty import measured_error_table, render_error_table
 
-    catalog = load_catalog()
     path = Path(str(resources.files("gateway.planner").joinpath("data/model_error.yaml")))
-    table = error_table(predict_all(catalog), check_all(catalog))
-    path.write_text(render_error_table(table), encoding="utf-8")
+    path.write_text(render_error_table(measured_error_table(load_catalog())), encoding="utf-8")
     return path
 
 
@@ -44,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label}: {res.rows} rows, loss {res.loss:.4f}")
         for name, (get, _) in knobs.items():
             print(f"  {name}: fitted {res.values[name]:.4g} (engines.yaml {get(shipped):.4g})")
+    if installed():
+        res = fit_profiled(catalog)
+        print(f"profiled: {res.rows} rows, loss {res.loss:.4f}")
+        for name, (get, _) in PROFILED_KNOBS.items():
+            print(f"  {name}: fitted {res.values[name]:.4g} (engines.yaml {get(shipped):.4g})")
+    else:
+        print("profiled: not fitted (aiconfigurator-core is not installed: cardinal[profiled])")
     return 0
 
 

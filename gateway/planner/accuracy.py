@@ -12,7 +12,8 @@ from gateway.planner.catalog import Catalog, Engine, Gpu, Model, Quant, data_csv
 from gateway.planner.errors import PlanError
 from gateway.planner.fit import GIB
 from gateway.planner.plan import PlanRequest, laid_out
-from gateway.planner.serving import Prediction
+from gateway.planner.profiled import installed as profiled_tables_installed
+from gateway.planner.serving import Prediction, predict_all
 from gateway.planner.serving import accuracy as serving_accuracy
 from gateway.planner.speed import SpeedModel
 from gateway.planner.tensors import param_count
@@ -325,3 +326,48 @@ def render_serving(preds: list[Prediction]) -> str:
             f"{p.error('tpot'):+.1%} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def render_estimators(roofline: list[Prediction], profiled: list[Prediction]) -> str:
+    """Markdown: the two estimators on the serving rows both can time (profiled.py covers dense
+    vLLM on GPUs with kernel tables), fitted and held-out parts apart."""
+    both = {p.row.id for p in profiled if p.tpot_s is not None}
+    lines = [
+        "## Estimators side by side: roofline and profiled (kernel tables)",
+        "",
+        "The same rows timed by the fitted roofline and by the sum of aiconfigurator-core's "
+        "measured kernels (GEMM, attention, all-reduce; `cardinal plan --estimator profiled`). "
+        "The plan's default is the one with the smaller held-out error.",
+        "",
+        "| family | split | kind | n | roofline median | profiled median | roofline max | "
+        "profiled max |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    rows = {
+        name: {
+            (a.family, a.split, a.kind): a
+            for a in serving_accuracy([p for p in preds if p.row.id in both])
+        }
+        for name, preds in (("roofline", roofline), ("profiled", profiled))
+    }
+    for key, r in rows["roofline"].items():
+        q = rows["profiled"][key]
+        lines.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | {r.n} | {r.median:.1%} | {q.median:.1%} | "
+            f"{r.max:.1%} | {q.max:.1%} |"
+        )
+    skipped = Counter(p.note for p in profiled if p.note.startswith("not profiled"))
+    lines.append("")
+    for note, n in sorted(skipped.items()):
+        lines.append(f"- {n} rows {note}")
+    return "\n".join(lines) + "\n"
+
+
+def render_document(catalog: Catalog, checks: list[Check]) -> str:
+    """docs/accuracy.md below its header: the reference rows, the serving points, and the two
+    estimators side by side where the kernel tables are installed."""
+    roofline = predict_all(catalog)
+    text = render_table(checks) + "\n" + render_serving(roofline)
+    if profiled_tables_installed():
+        text += "\n" + render_estimators(roofline, predict_all(catalog, estimator="profiled"))
+    return text

@@ -1,4 +1,4 @@
-"""Per-replica capacity under SLOs, and the fleet that serves a target rate (docs/formulas.md §7)."""
+"""Per-replica capacity under SLOs and the fleet that serves a target rate (docs/formulas.md §7)."""
 
 from __future__ import annotations
 

@@ -130,6 +130,14 @@ class DecodeKnobs:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ProfiledKnobs:
+    """What the profiled estimator adds to a step's measured kernels (profiled.py)."""
+
+    t_fixed_ms: float = 0.0  # per step: scheduler, launches between the kernels
+    t_seq_us: float = 0.0  # per sequence per step: sampling, detokenisation, bookkeeping
+
+
+@dataclass(frozen=True, kw_only=True)
 class Engine:
     id: str
     name: str
@@ -151,6 +159,7 @@ class Engine:
     # a request's first token comes this long per layer after its prefill is computed
     # (scheduling, the prefill pass outside CUDA graphs, output processing): TTFT only
     request_layer_ms: float = 0.0
+    profiled: ProfiledKnobs = ProfiledKnobs()
 
 
 @dataclass(frozen=True)
@@ -297,6 +306,8 @@ def _read(name: str) -> Any:
 def _engine(id: str, raw: dict[str, Any]) -> Engine:
     raw = dict(raw)
     decode = {k: DecodeKnobs(**v) for k, v in raw.pop("decode").items()}
+    if "profiled" in raw:
+        raw["profiled"] = ProfiledKnobs(**raw["profiled"])
     raw.pop("aliases", None)
     return Engine(id=id, decode=decode, formats=tuple(raw.pop("formats")), **raw)
 

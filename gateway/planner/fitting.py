@@ -61,6 +61,19 @@ MOE_KNOBS: dict[str, Knob] = {
 TTFT_KNOBS: dict[str, Knob] = {"request_layer_ms": _engine("request_layer_ms")}
 
 
+def _profiled(field: str) -> Knob:
+    def put(e: Engine, v: float) -> Engine:
+        return replace(e, profiled=replace(e.profiled, **{field: v}))
+
+    return (lambda e: getattr(e.profiled, field)), put
+
+
+PROFILED_KNOBS: dict[str, Knob] = {
+    "profiled.t_fixed_ms": _profiled("t_fixed_ms"),
+    "profiled.t_seq_us": _profiled("t_seq_us"),
+}
+
+
 # Where the search starts (the long-standing defaults where they exist, a round guess for the new
 # constants), so a refit does not depend on the values engines.yaml holds.
 START = {
@@ -73,6 +86,8 @@ START = {
     "moe_layer_ms": 0.45,
     "moe_token_us": 1.0,
     "request_layer_ms": 1.0,
+    "profiled.t_fixed_ms": 1.0,
+    "profiled.t_seq_us": 10.0,
 }
 
 
@@ -138,10 +153,13 @@ def fit_engine(
     engine: Engine | None = None,
     sweeps: int = 40,
     objective: Callable[..., float] = loss,
+    estimator: str = "roofline",
 ) -> FitResult:
     """Constants of `knobs` that minimise `loss` on `rows` (the others stay as they are)."""
-    cases = [(s, r) for r in rows if not isinstance(s := setup(catalog, r), str)]
-    refs = anchors(catalog)
+    cases = [
+        (s, r) for r in rows if not isinstance(s := setup(catalog, r, estimator=estimator), str)
+    ]
+    refs = anchors(catalog) if estimator == "roofline" else []
     best = started(engine or catalog.engine("vllm"), knobs)
     best_loss = objective(best, cases, refs)
     # each constant keeps its own multiplicative step, halved when neither direction helps
@@ -182,3 +200,10 @@ def fit_tp_engine(catalog: Catalog) -> tuple[FitResult, FitResult, FitResult]:
         )
         base = ttft.engine
     return dense, moe, ttft
+
+
+def fit_profiled(catalog: Catalog) -> FitResult:
+    """The profiled estimator's own costs (per step, per sequence) on the dense rows of the `fit`
+    split, the kernels being measured: engines.yaml's vllm `profiled` entry."""
+    rows = [r for r in read_serving_rows() if r.split == "fit" and not catalog.model(r.model).moe]
+    return fit_engine(catalog, rows, knobs=PROFILED_KNOBS, estimator="profiled")

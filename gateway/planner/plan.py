@@ -36,6 +36,9 @@ ENGINE_KV_DTYPES = {
     "vllm": ("auto", "f16", "fp16", "bf16", "fp8"),
     "llama.cpp": ("auto", "f16", "fp16", "bf16", "q8_0", "q4_0"),
 }
+# How a step is timed: the fitted roofline (the default: the more accurate on the held-out
+# serving points, docs/accuracy.md) or the sum of measured kernels (profiled.py)
+ESTIMATORS = ("roofline", "profiled")
 # Knobs only one engine has: field -> (the engine id that has it, what it is).
 ENGINE_ONLY = {
     "gpu_layers": ("llama.cpp", "llama.cpp's -ngl; vLLM keeps every layer on the GPU"),
@@ -72,6 +75,7 @@ class PlanRequest:
     ramp_qps: tuple[float, ...] = ()
     api_model: str | None = None
     gpu_layers: int | None = None  # force llama.cpp -ngl (reference rows measured that way)
+    estimator: str = "roofline"  # roofline | profiled (kernel tables: gateway/planner/profiled.py)
 
     @property
     def seqs_cap(self) -> int:
@@ -102,6 +106,9 @@ class Plan:
     limited_by: str = ""
     ramp: list[tuple[float, int]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # (estimator, GPUs, QPS per replica) of each estimate made, side by side: the profiled
+    # estimator's plan carries the roofline's too
+    estimates: tuple[tuple[str, int, float], ...] = ()
 
     @property
     def price(self) -> float | None:
@@ -142,6 +149,11 @@ def request_for(
 def check_request(req: PlanRequest, catalog: Catalog) -> None:
     """Raise PlanError naming the field for combinations no engine can run."""
     wl = req.workload
+    if req.estimator not in ESTIMATORS:
+        raise PlanError(
+            f"`estimator` must be one of {', '.join(ESTIMATORS)}, got {req.estimator!r}",
+            field="estimator",
+        )
     for name, value in (("prompt_tokens", wl.prompt_tokens), ("output_tokens", wl.output_tokens)):
         if value < 1:
             raise PlanError(f"`{name}` must be >= 1, got {value}", field=name)
@@ -245,8 +257,28 @@ def make_plan(req: PlanRequest, catalog: Catalog) -> Plan:
             replica=None,
             warnings=[f"does not fit: {fit.reason}"],
         )
-    plans = [_plan_for_fit(req, w, f) for f in options]
-    return min(plans, key=lambda p: (bool(p.replica and p.replica.problem), p.gpus, p.fit.gpus))
+    plans, refused = [], None
+    for f in options:
+        try:
+            plans.append(_plan_for_fit(req, w, f))
+        except PlanError as e:  # a placement the profiled estimator has no tables for
+            if req.estimator == "roofline":
+                raise
+            refused = e
+    if not plans:
+        assert refused is not None
+        raise refused
+    best = min(plans, key=lambda p: (bool(p.replica and p.replica.problem), p.gpus, p.fit.gpus))
+    if req.estimator == "roofline":
+        return best
+    roofline = make_plan(replace(req, estimator="roofline"), catalog)
+    return replace(
+        best,
+        estimates=tuple(
+            (p.request.estimator, p.gpus, p.replica.capacity_qps if p.replica else math.nan)
+            for p in (best, roofline)
+        ),
+    )
 
 
 def fit_input(req: PlanRequest, w: Weights) -> FitInput:
@@ -272,7 +304,7 @@ def fit_input(req: PlanRequest, w: Weights) -> FitInput:
 
 def speed_model(req: PlanRequest, w: Weights, fit: Fit) -> SpeedModel:
     assert fit.placement is not None
-    return SpeedModel(
+    speed = SpeedModel(
         model=req.model,
         quant=req.quant,
         gpu=req.gpu,
@@ -282,6 +314,11 @@ def speed_model(req: PlanRequest, w: Weights, fit: Fit) -> SpeedModel:
         active_params=active_params(req.model, params_by_group=w.params_by_group()),
         max_num_batched_tokens=req.max_num_batched_tokens,
     )
+    if req.estimator == "profiled":
+        from gateway.planner.profiled import profiled  # noqa: PLC0415 - optional tables
+
+        return profiled(speed, kv_dtype=req.kv_dtype)
+    return speed
 
 
 def laid_out(req: PlanRequest, catalog: Catalog) -> tuple[Fit, SpeedModel | None]:

@@ -48,6 +48,7 @@ def inputs_dict(plan: Plan) -> dict[str, Any]:
         "max_num_batched_tokens": req.max_num_batched_tokens,
         "gpu_memory_utilization": req.gpu_memory_utilization,
         "gpu_layers": req.gpu_layers,
+        "estimator": req.estimator,
     }
 
 
@@ -167,6 +168,9 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
             "limited_by": plan.limited_by or None,
             "ramp": [{"target_qps": q, "replicas": n, "gpus": n * fit.gpus} for q, n in plan.ramp],
             "uncertainty": _uncertainty(plan),
+            "estimates": [
+                {"estimator": e, "gpus": g, "capacity_qps": _r(q)} for e, g, q in plan.estimates
+            ],
         },
         "cost": {
             "gpu_usd_per_hour": plan.price,
@@ -233,6 +237,15 @@ def render_text(d: dict[str, Any]) -> str:
     ]
     if (u := fl.get("uncertainty")) is not None:
         lines.append(f"  uncertainty        {u['line']}")
+    if est := fl.get("estimates"):
+        lines.append(
+            "  estimates          "
+            + "; ".join(
+                f"{e['estimator']} {e['gpus']} GPUs ({_fmt(e['capacity_qps'], '{:.3f}')} QPS "
+                "per replica)"
+                for e in est
+            )
+        )
     lines += [
         f"  ramp: {st['target_qps']:g} QPS -> {st['replicas']} replicas ({st['gpus']} GPUs)"
         for st in fl["ramp"]

@@ -99,8 +99,9 @@ class Setup:
     moe: bool
 
 
-def setup(catalog: Catalog, row: ServingRow) -> Setup | str:
-    """The row's replica on Cardinal's TP engine, or why it cannot be modelled."""
+def setup(catalog: Catalog, row: ServingRow, *, estimator: str = "roofline") -> Setup | str:
+    """The row's replica on Cardinal's TP engine, timed by `estimator` (roofline | profiled), or
+    why it cannot be modelled."""
     try:
         model = catalog.model(row.model)
         wl = Workload(
@@ -120,6 +121,13 @@ def setup(catalog: Catalog, row: ServingRow) -> Setup | str:
     fit, speed = laid_out(req, catalog)
     if speed is None:
         return f"does not fit in the planner: {fit.reason}"
+    if estimator == "profiled":
+        from gateway.planner.profiled import NotProfiled, profiled  # noqa: PLC0415 - optional
+
+        try:
+            speed = profiled(speed)
+        except NotProfiled as e:
+            return f"not profiled: {e}"
     return Setup(speed=speed, kv_tokens=fit.kv_tokens, moe=bool(model.moe))
 
 
@@ -162,10 +170,12 @@ def md1_wait(*, rate: float, service_s: float, max_utilization: float = 0.95) ->
     return rho / (2 * (1 - rho)) * service_s
 
 
-def predict_all(catalog: Catalog, rows: list[ServingRow] | None = None) -> list[Prediction]:
+def predict_all(
+    catalog: Catalog, rows: list[ServingRow] | None = None, *, estimator: str = "roofline"
+) -> list[Prediction]:
     out = []
     for row in rows if rows is not None else read_serving_rows():
-        s = setup(catalog, row)
+        s = setup(catalog, row, estimator=estimator)
         if isinstance(s, str):
             out.append(Prediction(row=row, family=_family(row, moe=False), note=s))
             continue

@@ -11,10 +11,12 @@ from typing import Any
 
 import yaml
 
-from gateway.planner.accuracy import Check, summary
+from gateway.planner.accuracy import Check, check_all, summary
 from gateway.planner.capacity import size_fleet
+from gateway.planner.catalog import Catalog
 from gateway.planner.plan import Plan
-from gateway.planner.serving import Prediction
+from gateway.planner.profiled import installed
+from gateway.planner.serving import Prediction, predict_all
 from gateway.planner.serving import accuracy as serving_accuracy
 
 
@@ -53,9 +55,12 @@ class Uncertainty:
         }
 
 
-def error_table(preds: list[Prediction], checks: list[Check]) -> dict[str, dict[str, Any]]:
+def error_table(
+    preds: list[Prediction], checks: list[Check], profiled: list[Prediction] = ()
+) -> dict[str, dict[str, Any]]:
     """The per-family errors model_error.yaml holds (held-out throughput under load; MoE from
-    the held-out part where it has points, else the fitted part; llama.cpp from batch-1 decode)."""
+    the held-out part where it has points, else the fitted part; llama.cpp from batch-1 decode;
+    the profiled estimator's own, where its kernel tables were read)."""
     table = serving_accuracy(preds)
 
     def pick(families: tuple[str, ...]) -> dict[str, Any] | None:
@@ -72,6 +77,10 @@ def error_table(preds: list[Prediction], checks: list[Check]) -> dict[str, dict[
         return None
 
     out = {"dense vLLM": pick(("dense vLLM",)), "MoE": pick(("MoE vLLM", "MoE SGLang"))}
+    if profiled:
+        table = serving_accuracy(list(profiled))
+        if (entry := pick(("dense vLLM",))) is not None:
+            out["dense vLLM profiled"] = {**entry, "basis": f"{entry['basis']}, profiled"}
     decode = summary([c for c in checks if "llama" in c.row.setting.lower()], "decode_tps")
     out["llama.cpp"] = {
         "median": round(float(decode["median_abs_error"] or 0), 4),
@@ -79,6 +88,13 @@ def error_table(preds: list[Prediction], checks: list[Check]) -> dict[str, dict[
         "basis": "llama.cpp batch-1 decode rows (no measured llama.cpp serving point yet)",
     }
     return {k: v for k, v in out.items() if v}
+
+
+def measured_error_table(catalog: Catalog) -> dict[str, dict[str, Any]]:
+    """error_table over every measured row, the profiled estimator's where its tables are read:
+    what `make accuracy` writes to model_error.yaml."""
+    profiled = predict_all(catalog, estimator="profiled") if installed() else []
+    return error_table(predict_all(catalog), check_all(catalog), profiled)
 
 
 def render_error_table(table: dict[str, dict[str, Any]]) -> str:
@@ -100,6 +116,8 @@ def _family(plan: Plan) -> str:
     """The engine family whose measured error applies to the plan (model_error.yaml's keys)."""
     if plan.request.engine.id == "llama.cpp":
         return "llama.cpp"
+    if plan.request.estimator == "profiled":
+        return "dense vLLM profiled"
     return "MoE" if plan.request.model.moe else "dense vLLM"
 
 

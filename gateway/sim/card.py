@@ -78,6 +78,7 @@ def card_from_plan(catalog: Catalog, plan: dict[str, Any]) -> Card:
             gpu_layers=fit.get("gpu_layers"),
             max_num_batched_tokens=inputs.get("max_num_batched_tokens"),
             gpu_memory_utilization=inputs.get("gpu_memory_utilization"),
+            estimator=inputs.get("estimator", "roofline"),
         )
     except PlanError as e:
         raise PlanFileError(str(e), field=f"inputs.{e.field}") from None
