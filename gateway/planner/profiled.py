@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import bisect
 import functools
+from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,7 +105,18 @@ def _rows(path: Path, columns: list[str]) -> list[dict]:
     return pq.read_table(path, columns=columns).to_pylist()
 
 
-def _interp(xs: list[float], ys: list[float], x: float) -> float:
+def _column(values: Iterable[float]) -> array:
+    # arrays, not lists of floats: the tables stay out of the garbage collector's way in a
+    # process that also serves (a full collection would walk every point)
+    return array("d", values)
+
+
+def _curve(points: list[tuple[float, float]]) -> tuple[array, array]:
+    points = sorted(points)
+    return _column(x for x, _ in points), _column(y for _, y in points)
+
+
+def _interp(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
     """Piecewise-linear in x; past the last point, proportional to x (the kernel is saturated)."""
     if x <= xs[0]:
         return ys[0]
@@ -114,7 +127,7 @@ def _interp(xs: list[float], ys: list[float], x: float) -> float:
     return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 
-def _bracket(grid: list[int], v: float) -> tuple[int, int, float]:
+def _bracket(grid: Sequence[float], v: float) -> tuple[int, int, float]:
     """Grid points around v and v's weight on the upper one (clamped to the grid)."""
     if v <= grid[0]:
         return grid[0], grid[0], 0.0
@@ -130,10 +143,10 @@ class KernelTables:
     """One GPU's vLLM kernel latencies, in seconds."""
 
     system: str
-    gemm: dict[str, dict[tuple[int, int], tuple[list[float], list[float]]]]
-    decode_attn: dict[tuple, dict[int, tuple[list[float], list[float]]]]
-    prefill_attn: dict[tuple, tuple[list[float], list[float]]]
-    allreduce: dict[int, tuple[list[float], list[float]]]
+    gemm: dict[str, dict[tuple[int, int], tuple[array, array]]]
+    decode_attn: dict[tuple, dict[int, tuple[array, array]]]
+    prefill_attn: dict[tuple, tuple[array, array]]
+    allreduce: dict[int, tuple[array, array]]
 
     def gemm_s(self, dtype: str, m: float, n: float, k: float) -> float:
         """An m x k by k x n GEMM: linear in m on the measured points, bilinear in (n, k) between
@@ -195,8 +208,8 @@ def load_tables(system: str) -> KernelTables:
     for (dtype, n, k), pts in points.items():
         pts.sort()
         gemm.setdefault(dtype, {})[(n, k)] = (
-            [float(m) for m, _ in pts],
-            [lat / 1e3 for _, lat in pts],
+            _column(m for m, _ in pts),
+            _column(lat / 1e3 for _, lat in pts),
         )
 
     attn_dir = _latest(root / "attention" / "vllm")
@@ -210,15 +223,12 @@ def load_tables(system: str) -> KernelTables:
             continue
         key = (r["num_heads"], r["num_key_value_heads"], r["head_dim"], r["kv_cache_dtype"])
         dec.setdefault(key, {})[(r["batch_size"], r["step"] + 1)] = r["latency"] / 1e3
-    decode_attn: dict[tuple, dict[int, tuple[list[float], list[float]]]] = {}
+    decode_attn: dict[tuple, dict[int, tuple[array, array]]] = {}
     for key, lat in dec.items():
         by_batch: dict[int, list[tuple[int, float]]] = {}
         for (b, c), v in lat.items():
             by_batch.setdefault(b, []).append((c, v))
-        decode_attn[key] = {
-            b: ([float(c) for c, _ in sorted(v)], [y for _, y in sorted(v)])
-            for b, v in by_batch.items()
-        }
+        decode_attn[key] = {b: _curve(v) for b, v in by_batch.items()}
     pre: dict[tuple, list[tuple[int, float]]] = {}
     for r in _rows(
         attn_dir / "context_attention_perf.parquet",
@@ -228,18 +238,14 @@ def load_tables(system: str) -> KernelTables:
             continue
         key = (r["num_heads"], r["num_key_value_heads"], r["head_dim"])
         pre.setdefault(key, []).append((r["isl"], r["latency"] / 1e3))
-    prefill_attn = {
-        k: ([float(x) for x, _ in sorted(v)], [y for _, y in sorted(v)]) for k, v in pre.items()
-    }
+    prefill_attn = {k: _curve(v) for k, v in pre.items()}
 
     ar: dict[int, list[tuple[int, float]]] = {}
     ar_path = _latest(root / "comm" / "vllm") / "custom_allreduce_perf.parquet"
     for r in _rows(ar_path, ["num_gpus", "message_size", "latency", "backend"]):
         if r["backend"] == "vllm_graph":  # decode runs in CUDA graphs
             ar.setdefault(r["num_gpus"], []).append((r["message_size"], r["latency"] / 1e3))
-    allreduce = {
-        g: ([float(x) for x, _ in sorted(v)], [y for _, y in sorted(v)]) for g, v in ar.items()
-    }
+    allreduce = {g: _curve(v) for g, v in ar.items()}
     return KernelTables(
         system=system,
         gemm=gemm,
