@@ -11,11 +11,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-from gateway.cli import ACCURACY_HEADER
-from gateway.planner.accuracy import check_all, render_document
+from gateway.planner.accuracy import check_all
 from gateway.planner.catalog import load_catalog
 from gateway.prove.fleet import free_ports
-from gateway.seeds import render_seeds
+from gateway.reports.accuracy import ACCURACY_HEADER, render_document
+from gateway.reports.seeds import render_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 CARDINAL = Path(sys.executable).with_name("cardinal")

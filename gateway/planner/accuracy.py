@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import statistics
-from collections import Counter
 from dataclasses import dataclass, replace
 
 from gateway.planner.capacity import Workload
@@ -12,9 +11,6 @@ from gateway.planner.catalog import Catalog, Engine, Gpu, Model, Quant, data_csv
 from gateway.planner.errors import PlanError
 from gateway.planner.fit import GIB
 from gateway.planner.plan import PlanRequest, laid_out
-from gateway.planner.profiled import installed as profiled_tables_installed
-from gateway.planner.serving import Prediction, predict_all
-from gateway.planner.serving import accuracy as serving_accuracy
 from gateway.planner.speed import SpeedModel
 from gateway.planner.tensors import param_count
 from gateway.planner.weights import weights
@@ -259,115 +255,3 @@ def summary(checks: list[Check], kind: str) -> dict[str, float | int | None]:
         "median_abs_error": statistics.median(errs) if errs else None,
         "max_abs_error": max(errs) if errs else None,
     }
-
-
-def render_table(checks: list[Check]) -> str:
-    """Markdown table of every reference row: real figure, Cardinal's, and the error."""
-    lines = [
-        "| kind | model | quant | gpu | setting | real | Cardinal | error |",
-        "|---|---|---|---|---|---:|---:|---:|",
-    ]
-    for c in checks:
-        r = c.row
-        pred = "—" if c.predicted is None else f"{c.predicted:,.4g}"
-        err = c.note if c.error is None else f"{c.error:+.1%}" + (f" ({c.note})" if c.note else "")
-        lines.append(
-            f"| {r.kind} | {r.model} | {r.quant} | {r.gpu} | {r.setting} | "
-            f"{r.value:,.4g} {r.unit} | {pred} | {err} |"
-        )
-    lines.append("")
-    for kind in ("size", "decode_tps", "prefill_tps", "throughput"):
-        s = summary(checks, kind)
-        med = "n/a" if s["median_abs_error"] is None else f"{s['median_abs_error']:.1%}"
-        mx = "n/a" if s["max_abs_error"] is None else f"{s['max_abs_error']:.1%}"
-        lines.append(
-            f"- **{kind}**: {s['rows']} rows modelled, median |error| {med}, "
-            f"max {mx}; {s['not_modelled']} not modelled"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def render_serving(preds: list[Prediction]) -> str:
-    """Markdown: TTFT, TPOT and throughput under load per engine family, fitted and held-out
-    parts apart, and the held-out part's worst TPOT rows."""
-    lines = [
-        "## Under load: measured serving points (serving.csv)",
-        "",
-        "Fixed-concurrency runs on real engines (aiconfigurator-core 0.12.0 silicon points), each "
-        "predicted by the step model in closed-loop steady state. `fit`: the rows the constants "
-        "were fitted on; `held_out`: models and GPUs the fit never saw. Bias is the median signed "
-        "error (> 0: the model predicts more than was measured).",
-        "",
-        "| family | split | kind | n | median abs error | max abs error | bias |",
-        "|---|---|---|---:|---:|---:|---:|",
-    ]
-    for a in serving_accuracy(preds):
-        lines.append(
-            f"| {a.family} | {a.split} | {a.kind} | {a.n} | {a.median:.1%} | {a.max:.1%} | "
-            f"{a.bias:+.1%} |"
-        )
-    skipped = Counter(p.note.split(";")[0] for p in preds if p.note)
-    lines.append("")
-    for note, n in sorted(skipped.items()):
-        lines.append(f"- {n} rows not modelled: {note}")
-    lines += [
-        "",
-        "Worst held-out TPOT rows:",
-        "",
-        "| engine | model | gpu | TP | in / out | concurrency | TPOT real | TPOT model | error |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|",
-    ]
-    held = [p for p in preds if p.row.split == "held_out" and p.tpot_s is not None]
-    for p in sorted(held, key=lambda p: -abs(p.error("tpot") or 0))[:10]:
-        r = p.row
-        lines.append(
-            f"| {r.engine} {r.engine_version} | {r.model} | {r.gpu} | {r.tp} | {r.isl} / {r.osl} "
-            f"| {r.concurrency} | {r.tpot_s * 1e3:.1f} ms | {(p.tpot_s or 0) * 1e3:.1f} ms | "
-            f"{p.error('tpot'):+.1%} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def render_estimators(roofline: list[Prediction], profiled: list[Prediction]) -> str:
-    """Markdown: the two estimators on the serving rows both can time (profiled.py covers dense
-    vLLM on GPUs with kernel tables), fitted and held-out parts apart."""
-    both = {p.row.id for p in profiled if p.tpot_s is not None}
-    lines = [
-        "## Estimators side by side: roofline and profiled (kernel tables)",
-        "",
-        "The same rows timed by the fitted roofline and by the sum of aiconfigurator-core's "
-        "measured kernels (GEMM, attention, all-reduce; `cardinal plan --estimator profiled`). "
-        "The plan's default is the one with the smaller held-out error.",
-        "",
-        "| family | split | kind | n | roofline median | profiled median | roofline max | "
-        "profiled max |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
-    ]
-    rows = {
-        name: {
-            (a.family, a.split, a.kind): a
-            for a in serving_accuracy([p for p in preds if p.row.id in both])
-        }
-        for name, preds in (("roofline", roofline), ("profiled", profiled))
-    }
-    for key, r in rows["roofline"].items():
-        q = rows["profiled"][key]
-        lines.append(
-            f"| {key[0]} | {key[1]} | {key[2]} | {r.n} | {r.median:.1%} | {q.median:.1%} | "
-            f"{r.max:.1%} | {q.max:.1%} |"
-        )
-    skipped = Counter(p.note for p in profiled if p.note.startswith("not profiled"))
-    lines.append("")
-    for note, n in sorted(skipped.items()):
-        lines.append(f"- {n} rows {note}")
-    return "\n".join(lines) + "\n"
-
-
-def render_document(catalog: Catalog, checks: list[Check]) -> str:
-    """docs/accuracy.md below its header: the reference rows, the serving points, and the two
-    estimators side by side where the kernel tables are installed."""
-    roofline = predict_all(catalog)
-    text = render_table(checks) + "\n" + render_serving(roofline)
-    if profiled_tables_installed():
-        text += "\n" + render_estimators(roofline, predict_all(catalog, estimator="profiled"))
-    return text

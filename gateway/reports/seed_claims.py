@@ -1,84 +1,25 @@
-"""The four seed documents' claims, each put beside Cardinal's own figure (docs/seeds.md)."""
+"""The four seed documents' claims, each beside Cardinal's own figure (docs/seeds.md)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
 
-from gateway.planner.accuracy import read_rows
-from gateway.planner.capacity import HOURS_PER_MONTH, Workload
-from gateway.planner.catalog import Catalog, Model
+from gateway.planner.capacity import HOURS_PER_MONTH
+from gateway.planner.catalog import Catalog
 from gateway.planner.fit import GIB, fit_options
-from gateway.planner.plan import Plan, fit_input, make_plan, request_for
-from gateway.planner.prices import Price
+from gateway.planner.plan import fit_input
 from gateway.planner.report import plan_dict
-from gateway.planner.search import Option, SearchSpace, search
 from gateway.planner.speed import active_params
 from gateway.planner.tensors import param_count
-from gateway.planner.weights import Weights, weights
-
-
-@dataclass(frozen=True, kw_only=True)
-class Claim:
-    claim: str
-    cardinal: str
-    verdict: str
-
-
-def _verdict(seed: float, ours: float, *, tol: float, why: str) -> str:
-    """`agrees` within a relative tolerance, else `wrong: <why>`."""
-    if ours and abs(seed - ours) / abs(ours) <= tol:
-        return "agrees"
-    return f"wrong: {why}"
-
-
-def _plan(
-    catalog: Catalog,
-    *,
-    model: str,
-    quant: str,
-    gpu: str,
-    engine: str,
-    qps: float,
-    prompt: int = 512,
-    output: int = 256,
-    ttft: float = 2.0,
-    tpot: float = 0.05,
-    headroom: float = 0.2,
-    **knobs: Any,
-) -> Plan:
-    wl = Workload(
-        prompt_tokens=prompt,
-        output_tokens=output,
-        target_qps=qps,
-        ttft_slo_s=ttft,
-        tpot_slo_s=tpot,
-        headroom=headroom,
-    )
-    req = request_for(
-        catalog, model=model, quant=quant, gpu=gpu, engine=engine, workload=wl, **knobs
-    )
-    return make_plan(req, catalog)
-
-
-def _active_expert_gb(w: Weights, m: Model) -> float:
-    """Routed-expert bytes one token reads (k of E experts in every MoE layer)."""
-    assert m.moe is not None
-    return w.bytes_by_group()["experts"] * m.moe.active_experts / m.moe.routed_experts / 1e9
-
-
-def _measured(kind: str, model: str, quant: str, gpu_prefix: str) -> float:
-    """A figure from the bundled reference.csv, so the docs quote the data, not a copy of it."""
-    rows = [r for r in read_rows() if (r.kind, r.model, r.quant) == (kind, model, quant)]
-    return next(r.value for r in rows if r.gpu.startswith(gpu_prefix))
+from gateway.planner.weights import weights
+from gateway.reports.claims import Claim, active_expert_gb, measured, seed_plan, verdict
 
 
 def seed_l4(c: Catalog) -> list[Claim]:
     """Seed 000: DeepSeek V3.1 Q8_0 on one NVIDIA L4 (a German deployment page)."""
     m = c.model("deepseek-v3.1")
     w = weights(m, c.quant("q8_0"), c)
-    p = _plan(
+    p = seed_plan(
         c,
         model="deepseek-v3.1",
         quant="q8_0",
@@ -99,14 +40,14 @@ def seed_l4(c: Catalog) -> list[Claim]:
             claim="684.53B parameters",
             cardinal=f"{with_mtp:.2f}B with the MTP layer, "
             f"{param_count(m) / 1e9:.2f}B without (GGUFs leave MTP out)",
-            verdict=_verdict(684.53, with_mtp, tol=0.005, why=""),
+            verdict=verdict(684.53, with_mtp, tol=0.005, why=""),
         ),
         Claim(
             claim="Q8_0 model size 664.33 GB",
             cardinal=f"{gb:.1f} GB = {gib:.2f} GiB",
             verdict=f"wrong unit: 664.33 is GiB, the file is {gb:.0f} GB"
             if abs(664.33 - gib) / gib < 0.005
-            else _verdict(664.33, gb, tol=0.02, why="size"),
+            else verdict(664.33, gb, tol=0.02, why="size"),
         ),
         Claim(
             claim="VRAM used 54.7 GB on the 24 GB L4",
@@ -126,7 +67,7 @@ def seed_l4(c: Catalog) -> list[Claim]:
             claim="minimum RAM 664.3 GB",
             cardinal=f"{d['memory']['cpu_ram_gib']:.0f} GiB "
             "(routed experts and token embedding; the rest is on the GPU)",
-            verdict=_verdict(
+            verdict=verdict(
                 664.3,
                 d["memory"]["cpu_ram_gib"],
                 tol=0.05,
@@ -137,7 +78,7 @@ def seed_l4(c: Catalog) -> list[Claim]:
             claim="expected speed: 'clearly reduced performance'",
             cardinal=f"{d['speed']['decode_tokens_per_s_batch1']:.1f} tokens/s at batch 1 with "
             f"{p.request.host_bandwidth_gb_s:g} GB/s effective host memory bandwidth "
-            f"({_active_expert_gb(w, m):.1f} GB of active experts read from RAM per token)",
+            f"({active_expert_gb(w, m):.1f} GB of active experts read from RAM per token)",
             verdict="agrees, and Cardinal says how slow",
         ),
         Claim(
@@ -149,7 +90,7 @@ def seed_l4(c: Catalog) -> list[Claim]:
         Claim(
             claim="context window 163,840 tokens",
             cardinal=f"max_position_embeddings {m.max_context:,}",
-            verdict=_verdict(163840, m.max_context, tol=0, why=""),
+            verdict=verdict(163840, m.max_context, tol=0, why=""),
         ),
     ]
 
@@ -159,7 +100,7 @@ def seed_8gb(c: Catalog) -> list[Claim]:
 
     def desktop(model: str, quant: str, gpu: str, tokens: int) -> dict:
         """One user on one card: the seed's setting (batch 1, llama.cpp)."""
-        plan = _plan(
+        plan = seed_plan(
             c,
             model=model,
             quant=quant,
@@ -180,7 +121,7 @@ def seed_8gb(c: Catalog) -> list[Claim]:
     layer14 = w14.layer_bytes(m14.num_layers // 2) / 2**20
     d14 = desktop("deepseek-r1-distill-qwen-14b", "q3_k_s", "rtx-3070", 512)
     d32 = plan_dict(
-        _plan(
+        seed_plan(
             c,
             model="deepseek-r1-distill-qwen-32b",
             quant="q3_k_m",
@@ -202,15 +143,15 @@ def seed_8gb(c: Catalog) -> list[Claim]:
             claim="R1-8B Q4_K_M uses 4.2 GB of VRAM",
             cardinal=f"weights alone {w8:.2f} GB; {d8['memory']['gpu_gib']:.2f} GiB on the GPU "
             "with a 2k context",
-            verdict=_verdict(4.2, w8, tol=0.05, why="the weights alone are larger"),
+            verdict=verdict(4.2, w8, tol=0.05, why="the weights alone are larger"),
         ),
         Claim(
             claim="R1-8B Q4_K_M runs at 15-18 tokens/s on an RTX 3060",
             cardinal=f"{d8_3060['speed']['decode_tokens_per_s_batch1']:.0f} tokens/s on a 3060 "
             f"12GB, {d8['speed']['decode_tokens_per_s_batch1']:.0f} on a 3070 (measured: "
-            f"{_measured('decode_tps', 'Llama-3-8B', 'Q4_K_M', 'RTX 3070'):.1f} on "
+            f"{measured('decode_tps', 'Llama-3-8B', 'Q4_K_M', 'RTX 3070'):.1f} on "
             "a 3070 for Llama-3-8B Q4_K_M, reference.csv)",
-            verdict=_verdict(
+            verdict=verdict(
                 16.5,
                 d8_3060["speed"]["decode_tokens_per_s_batch1"],
                 tol=0.25,
@@ -232,7 +173,7 @@ def seed_8gb(c: Catalog) -> list[Claim]:
         Claim(
             claim="R1-14B runs at 9-12 tokens/s",
             cardinal=f"{d14['speed']['decode_tokens_per_s_batch1']:.0f} tokens/s fully on GPU",
-            verdict=_verdict(
+            verdict=verdict(
                 10.5,
                 d14["speed"]["decode_tokens_per_s_batch1"],
                 tol=0.25,
@@ -245,7 +186,7 @@ def seed_8gb(c: Catalog) -> list[Claim]:
             f"-ngl {d32['fit']['gpu_layers']}, {d32['memory']['cpu_ram_gib']:.1f} GiB in RAM, "
             f"{d32['speed']['decode_tokens_per_s_batch1']:.1f} tokens/s with 50 GB/s "
             "dual-channel DDR4/DDR5",
-            verdict=_verdict(
+            verdict=verdict(
                 4.0,
                 d32["speed"]["decode_tokens_per_s_batch1"],
                 tol=0.5,
@@ -272,13 +213,15 @@ def seed_75qps(c: Catalog) -> list[Claim]:
         engine="vllm",
         qps=75.0,
     )
-    seed8 = plan_dict(_plan(c, **base, per_card_qps=10.0, headroom=0.0))
-    seed9 = plan_dict(_plan(c, **base, per_card_qps=10.0))
-    seed12 = plan_dict(_plan(c, **base, per_card_qps=12.0, headroom=0.0))
-    ramp = plan_dict(_plan(c, **base, per_card_qps=10.0, ramp_qps=(25.0, 75.0)))
-    v3 = _plan(c, model="deepseek-v3", quant="int8", gpu="a100-80gb-sxm", engine="vllm", qps=75.0)
+    seed8 = plan_dict(seed_plan(c, **base, per_card_qps=10.0, headroom=0.0))
+    seed9 = plan_dict(seed_plan(c, **base, per_card_qps=10.0))
+    seed12 = plan_dict(seed_plan(c, **base, per_card_qps=12.0, headroom=0.0))
+    ramp = plan_dict(seed_plan(c, **base, per_card_qps=10.0, ramp_qps=(25.0, 75.0)))
+    v3 = seed_plan(
+        c, model="deepseek-v3", quant="int8", gpu="a100-80gb-sxm", engine="vllm", qps=75.0
+    )
     alt = plan_dict(
-        _plan(
+        seed_plan(
             c,
             model="deepseek-r1-distill-qwen-32b",
             quant="awq",
@@ -301,7 +244,7 @@ def seed_75qps(c: Catalog) -> list[Claim]:
             claim="MoE activates only ~20B parameters",
             cardinal=f"{active:.1f}B active per token ({params['experts'] * share / 1e9:.1f}B "
             "of them routed experts)",
-            verdict=_verdict(
+            verdict=verdict(
                 20,
                 active,
                 tol=0.1,
@@ -322,7 +265,7 @@ def seed_75qps(c: Catalog) -> list[Claim]:
             claim="cards = ceil(75 / 10) = 8",
             cardinal=f"{seed8['fleet']['gpus']} with --per-card-qps 10 --headroom 0 (for a "
             "model whose replica is one card; a V3 replica is 16 cards)",
-            verdict=_verdict(8, seed8["fleet"]["gpus"], tol=0, why="arithmetic"),
+            verdict=verdict(8, seed8["fleet"]["gpus"], tol=0, why="arithmetic"),
         ),
         Claim(
             claim="with 20 % spare capacity",
@@ -333,7 +276,7 @@ def seed_75qps(c: Catalog) -> list[Claim]:
         Claim(
             claim="6 cards suffice because vLLM gives 12+ QPS per card; '72 QPS > 75 QPS'",
             cardinal=f"{seed12['fleet']['gpus']} cards at 12 QPS per card and no headroom",
-            verdict=_verdict(
+            verdict=verdict(
                 6, seed12["fleet"]["gpus"], tol=0, why="ceil(75 / 12) = 7, and 72 < 75"
             ),
         ),
@@ -392,7 +335,7 @@ def seed_70b(c: Catalog) -> list[Claim]:
         ("awq", 50, 2),
     ):
         w = weights(m, c.quant(quant), c).total_bytes / 1e9
-        p = _plan(
+        p = seed_plan(
             c,
             model=model,
             quant=quant,
@@ -404,7 +347,7 @@ def seed_70b(c: Catalog) -> list[Claim]:
         )
         fits = fit_options(fit_input(p.request, p.weights))
         least = fits[0].gpus
-        size_ok = _verdict(seed_gb, w, tol=0.1, why="") == "agrees"
+        size_ok = verdict(seed_gb, w, tol=0.1, why="") == "agrees"
         parts = ([] if size_ok else [f"the weights are {w:.0f} GB"]) + (
             [] if least >= seed_gpus else [f"{least} H100 already hold them"]
         )
@@ -417,7 +360,7 @@ def seed_70b(c: Catalog) -> list[Claim]:
             )
         )
 
-    tp8 = _plan(
+    tp8 = seed_plan(
         c, model=model, quant="fp16", gpu="h100-sxm", engine="vllm", qps=1.0, gpus_per_replica=8
     )
     assert tp8.speed is not None
@@ -427,7 +370,7 @@ def seed_70b(c: Catalog) -> list[Claim]:
             claim="8 x H100 FP16: ~80-120 tokens/s at batch 8, TTFT < 100 ms",
             cardinal=f"{b8:,.0f} tokens/s at batch 8 (TP8); prefill of 512 tokens "
             f"{tp8.speed.prefill_s(512) * 1e3:.0f} ms",
-            verdict=_verdict(
+            verdict=verdict(
                 100,
                 b8,
                 tol=0.3,
@@ -438,163 +381,3 @@ def seed_70b(c: Catalog) -> list[Claim]:
         )
     )
     return out
-
-
-SEED_FLEETS = (
-    ("a100-80gb-sxm", 6, 13200.0),
-    ("a100-80gb-sxm", 8, 17625.0),
-    ("h100-sxm", 4, 30758.0),
-)
-SEARCH_MODELS = ("deepseek-v3", "deepseek-r1-distill-qwen-32b")
-
-
-def _seed_prices() -> dict[str, Price]:
-    """USD per GPU-hour implied by seed 002's monthly figures (6 x A100, 4 x H100)."""
-    return {
-        gpu: Price(
-            usd_per_hour=usd / (cards * HOURS_PER_MONTH),
-            basis="on-demand",
-            source=f"seed 002: ${usd:,.0f}/month for {cards} cards",
-        )
-        for gpu, cards, usd in SEED_FLEETS
-        if cards != 8
-    }
-
-
-def _cheapest(
-    c: Catalog, model: str, *, gpus: tuple[str, ...], prices: dict[str, Price] | None
-) -> list[tuple[int, Option]]:
-    """The cheapest option per GPU type with quality `good` or better, 75 QPS as in seed 002."""
-    wl = Workload(
-        prompt_tokens=512, output_tokens=256, target_qps=75.0, ttft_slo_s=2.0, tpot_slo_s=0.05
-    )
-    result = search(
-        c,
-        model=c.model(model),
-        workload=wl,
-        space=SearchSpace(gpus=gpus, min_quality="good"),
-        prices=prices,
-    )
-    return result.cheapest_per_gpu()
-
-
-def _fleet_cell(o: Option, cards: int) -> str:
-    """What `cards` of this GPU serve with Cardinal's cheapest configuration on it."""
-    assert o.plan.replica is not None
-    per_replica = o.plan.fit.gpus
-    replicas = cards // per_replica
-    per_card = o.plan.replica.capacity_qps / per_replica
-    if not replicas:
-        return (
-            f"cannot hold one replica ({per_replica} cards, {o.plan.request.quant.id}); "
-            f"{per_card:.2f} QPS per card"
-        )
-    qps = replicas * o.plan.replica.capacity_qps
-    verdict = "serves" if qps >= 75 * 1.2 else "does not serve"
-    return (
-        f"{per_card:.2f} QPS per card ({o.plan.request.quant.id}, {o.layout.split(' x ', 1)[1]} "
-        f"per replica): {qps:.1f} QPS, {verdict} 75 QPS with 20 % headroom"
-    )
-
-
-def seed_75qps_search(c: Catalog) -> list[str]:
-    """Seed 002's fleets at its own prices, against what `cardinal plan --search` finds."""
-    prices = _seed_prices()
-    best = {
-        m: {o.plan.request.gpu.id: o for _, o in _cheapest(c, m, gpus=tuple(prices), prices=prices)}
-        for m in SEARCH_MODELS
-    }
-    lines = [
-        "## Seed 002 revisited: which fleet is cheapest for 75 QPS",
-        "",
-        "The seed prices 6 x A100 at $13,200/month, 8 x A100 at $17,625 and 4 x H100 at $30,758: "
-        + ", ".join(f"${p.usd_per_hour:.2f}/GPU-hour for {g}" for g, p in prices.items())
-        + ". Below, each of its fleets at Cardinal's own per-card capacity (512 prompt + 256 "
-        "output tokens, TTFT <= 2 s, TPOT <= 50 ms), using the cheapest configuration "
-        "`cardinal plan --search --prices` finds on that card with quality `good` or better.",
-        "",
-        "| seed fleet | seed's cost | at the seed's rate | "
-        + " | ".join(c.model(m).name for m in SEARCH_MODELS)
-        + " |",
-        "|---|---|---|" + "---|" * len(SEARCH_MODELS),
-    ]
-    for gpu, cards, usd in SEED_FLEETS:
-        rate = prices[gpu].usd_per_hour * cards * HOURS_PER_MONTH
-        cells = [_fleet_cell(best[m][gpu], cards) for m in SEARCH_MODELS]
-        lines.append(
-            f"| {cards} x {gpu} | ${usd:,.0f}/month | ${rate:,.0f}/month | "
-            + " | ".join(cells)
-            + " |"
-        )
-    lines += ["", "What Cardinal recommends instead (rank 1 of the search):", ""]
-    for m in SEARCH_MODELS:
-        seed_rank = _cheapest(c, m, gpus=tuple(prices), prices=prices)[0][1]
-        whole = _cheapest(c, m, gpus=(), prices=None)[0][1]
-        whole_catalog = _option_line(whole, prices_note="catalog prices, every GPU")
-        lines.append(
-            f"- {c.model(m).name}: at the seed's prices on A100/H100, "
-            f"{_option_line(seed_rank, prices_note='seed prices')}; over the whole catalog, "
-            f"{whole_catalog}."
-        )
-    a100, h100 = (best["deepseek-r1-distill-qwen-32b"][g] for g in ("a100-80gb-sxm", "h100-sxm"))
-    ratio = _per_card(h100) / _per_card(a100)
-    lines += [
-        f"- The seed's 'H100 only 30 % faster': Cardinal's R1-Distill-Qwen-32B capacity per "
-        f"H100 is {ratio:.1f}x that per A100 ({h100.plan.request.quant.id} vs "
-        f"{a100.plan.request.quant.id}); at the seed's prices the cheapest H100 fleet costs "
-        f"${h100.monthly_usd:,.0f}/month against ${a100.monthly_usd:,.0f} for the cheapest A100 "
-        f"fleet ({'H100' if h100.monthly_usd < a100.monthly_usd else 'A100'} is cheaper).",
-        "",
-    ]
-    return lines
-
-
-def _per_card(o: Option) -> float:
-    assert o.plan.replica is not None
-    return o.plan.replica.capacity_qps / o.plan.fit.gpus
-
-
-def _option_line(o: Option, *, prices_note: str) -> str:
-    req = o.plan.request
-    return (
-        f"{o.plan.gpus} x {req.gpu.id} {req.quant.id} with {req.engine.id} ({o.layout}), "
-        f"{o.capacity_qps:.1f} QPS, ${o.monthly_usd:,.0f}/month ({prices_note}, "
-        f"${o.price.usd_per_hour:.2f}/GPU-hour), quality {o.quality.label}"
-    )
-
-
-SEEDS = [
-    ("000", "DeepSeek V3.1 Q8_0 on an NVIDIA L4", seed_l4),
-    ("001", "DeepSeek-R1 8B/14B/32B on 8 GB cards", seed_8gb),
-    ("002", "75 QPS on 6 x A100 INT8", seed_75qps),
-    ("003", "A '70B' model on H100s", seed_70b),
-]
-
-
-def render_seeds(catalog: Catalog) -> str:
-    """docs/seeds.md: every seed claim with Cardinal's figure and a verdict."""
-    lines = [
-        "# The seeds, checked",
-        "",
-        "Generated by `cardinal seeds -o docs/seeds.md`; a test fails if this file drifts "
-        "from what the planner computes. Each row puts a claim from one of the four seed "
-        "documents beside Cardinal's own figure.",
-        "",
-    ]
-    for key, title, fn in SEEDS:
-        claims = fn(catalog)
-        wrong = sum(1 for cl in claims if cl.verdict.startswith("wrong"))
-        lines += [
-            f"## Seed {key}: {title}",
-            "",
-            (fn.__doc__ or "").strip(),
-            "",
-            f"{wrong} of {len(claims)} claims are wrong.",
-            "",
-            "| seed claim | Cardinal | verdict |",
-            "|---|---|---|",
-        ]
-        lines += [f"| {cl.claim} | {cl.cardinal} | {cl.verdict} |" for cl in claims]
-        lines.append("")
-    lines += seed_75qps_search(catalog)
-    return "\n".join(lines)
