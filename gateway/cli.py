@@ -27,12 +27,13 @@ from gateway.planner.catalog import Catalog, Model, load_catalog, model_from_hf_
 from gateway.planner.errors import PlanError
 from gateway.planner.kvcache import MLA_LAYOUTS
 from gateway.planner.plan import ESTIMATORS, KV_DTYPES, PlanRequest, make_plan, request_for
-from gateway.planner.report import render_text
+from gateway.planner.report import plan_dict, render_text
 from gateway.reports.accuracy import ACCURACY_HEADER, render_document
 
 if TYPE_CHECKING:
     from gateway.sim.card import Card
     from gateway.sim.faults import Faults
+
 
 def duration(text: str) -> float:
     """Seconds from `2s`, `50ms`, `1.5` (seconds) or `1m`."""
@@ -382,7 +383,7 @@ def cmd_plan(args: argparse.Namespace, catalog: Catalog) -> int:
         plan, data = calibrated_plan(args, request_from_args(args, catalog), catalog)
     else:
         plan = make_plan(request_from_args(args, catalog), catalog)
-        data = plan.to_dict()
+        data = plan_dict(plan)
     if args.model_config:
         data["inputs"]["model_config"] = json.loads(args.model_config.read_text(encoding="utf-8"))
     if args.output:
@@ -538,8 +539,10 @@ def _serve_config(args: argparse.Namespace, *, env: Any) -> Any:
         if args.backends or args.base_port:
             raise PlanError("--backends and --base-port go with --plan", field="config")
         return _config_file(args.config, env=env)
-    plan = planfile.load(_read(args.plan))
-    replicas = plan["fleet"]["replicas"]
+    from gateway.render.gateway_config import serve_data
+
+    plan = planfile.read(_read(args.plan))
+    replicas = plan.replicas
     if args.backends:
         urls = args.backends
     elif args.base_port:
@@ -548,7 +551,8 @@ def _serve_config(args: argparse.Namespace, *, env: Any) -> Any:
         raise PlanError("--plan needs --backends URL ... or --base-port PORT", field="backends")
     if len(urls) != replicas:
         print(f"cardinal serve: note: {len(urls)} backends, the plan has {replicas} replicas")
-    return gwconfig.from_plan(plan, urls=urls, listen=args.listen or "127.0.0.1:8080")
+    listen = args.listen or "127.0.0.1:8080"
+    return gwconfig.parse(serve_data(plan, urls=urls, listen=listen), env={})
 
 
 def _config_file(path: Path, *, env: Any) -> Any:
@@ -611,11 +615,11 @@ def _sim_card(args: argparse.Namespace, catalog: Catalog) -> tuple[str, Card, in
     if args.plan:
         if named:
             raise PlanError("give either --plan or --model/--quant/--gpu, not both", field=named[0])
-        plan = planfile.load(_read(args.plan))
+        plan = planfile.read(_read(args.plan))
         card = card_from_plan(catalog, plan)
         if args.max_num_seqs:
             card = replace(card, engine=replace(card.engine, max_num_seqs=args.max_num_seqs))
-        return catalog.model(plan["inputs"]["model"]).id, card, plan["fleet"]["replicas"]
+        return catalog.model(plan.model).id, card, plan.replicas
     for f in ("model", "quant", "gpu"):
         if not getattr(args, f):
             raise PlanError(f"--{f} is required without --plan", field=f)

@@ -15,6 +15,7 @@ from gateway.calibrate.comparison import compare, render_comparison, workload_mi
 from gateway.planner.catalog import Catalog
 from gateway.planner.errors import PlanError
 from gateway.planner.plan import Plan, PlanRequest, make_plan
+from gateway.planner.report import plan_dict
 
 
 def add_calibrate_parser(sub: Any, *, duration: Any, positive: Any) -> None:
@@ -116,10 +117,9 @@ def _workload(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     if args.plan:
         if given:
             raise PlanError(f"--{given[0].replace('_', '-')} goes without --plan", field=given[0])
-        plan = planfile.load(_read(args.plan, field="plan"))
-        w = plan["inputs"]["workload"]
+        plan = planfile.read(_read(args.plan, field="plan"))
         keys = ("prompt_tokens", "output_tokens", "ttft_slo_s", "tpot_slo_s")
-        return {k: w[k] for k in keys}, plan["replica"]["gpus"] or 1
+        return {k: getattr(plan.workload, k) for k in keys}, plan.replica.gpus or 1
     for f in flags:
         if getattr(args, f) is None:
             raise PlanError(f"--{f.replace('_', '-')} is required without --plan", field=f)
@@ -143,12 +143,12 @@ def calibrated_plan(
         raise PlanError(f"{args.calibration}: `{e.field}`: {e}", field="calibration") from None
     measured_qps = cal["capacity"]["per_card_qps"]
     plan = make_plan(replace(req, per_card_qps=measured_qps), catalog)
-    data = plan.to_dict()
-    modelled = make_plan(req, catalog).to_dict()
+    data = plan_dict(plan)
+    modelled = plan_dict(make_plan(req, catalog))
     data["calibration"] = compare(
         cal, measured=data, modelled=modelled, source=str(args.calibration)
     )
-    mismatch = workload_mismatch(cal, data)
+    mismatch = workload_mismatch(cal, planfile.of(data))
     if mismatch:
         data["warnings"].append(mismatch)
     return plan, data

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -55,6 +56,14 @@ BOUNDS: dict[str, Callable[[float], bool]] = {
     "in (0, 1]": lambda v: 0 < v <= 1,
     "": lambda v: True,
 }
+WORKLOAD_KEYS = (
+    "prompt_tokens",
+    "output_tokens",
+    "target_qps",
+    "ttft_slo_s",
+    "tpot_slo_s",
+    "headroom",
+)
 FIT_KINDS = ("gpu", "tensor_parallel", "partial_offload", "moe_offload", "none")
 
 
@@ -73,7 +82,21 @@ def dump(plan: dict[str, Any]) -> str:
 
 def load(text: str) -> dict[str, Any]:
     """Parse and validate a plan file's text."""
-    data = yaml.safe_load(text)
+    return validate(yaml.safe_load(text))
+
+
+def read(text: str) -> PlanFile:
+    """Parse and validate a plan file's text into a `PlanFile`."""
+    return PlanFile.from_mapping(load(text))
+
+
+def of(plan: PlanFile | Mapping[str, Any]) -> PlanFile:
+    """`plan` as a `PlanFile`; a mapping (as `load` returns) is validated first."""
+    return plan if isinstance(plan, PlanFile) else PlanFile.from_mapping(validate(plan))
+
+
+def validate(data: Any) -> dict[str, Any]:
+    """`data` when it is a valid plan file's mapping; else the error names the field."""
     if not isinstance(data, dict):
         raise PlanFileError("a plan file must be a YAML mapping", field="(top level)")
     version = data.get("version")
@@ -95,7 +118,7 @@ def load(text: str) -> dict[str, Any]:
     for key in POSITIVE:
         if not (value := lookup(data, key)) > 0:
             raise PlanFileError(f"`{key}` must be > 0, got {value!r}", field=key)
-    if data["fit"]["kind"] not in FIT_KINDS:
+    if lookup(data, "fit.kind") not in FIT_KINDS:
         raise PlanFileError(f"`fit.kind` must be one of {', '.join(FIT_KINDS)}", field="fit.kind")
     return data
 
@@ -116,3 +139,72 @@ def lookup(
             raise error(f"`{dotted}` is missing", field=dotted)
         node = node[part]
     return node
+
+
+@dataclass(frozen=True, kw_only=True)
+class Workload:
+    prompt_tokens: int
+    output_tokens: int
+    target_qps: float
+    ttft_slo_s: float
+    tpot_slo_s: float
+    headroom: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Replica:
+    gpus: int | None
+    max_batch: int | None
+    capacity_qps: float | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanFile:
+    """A validated plan file, typed; `data` is the whole mapping, for passing the plan through."""
+
+    model: str
+    quant: str
+    gpu: str
+    engine: str
+    inputs: Mapping[str, Any]  # every input, the optional engine knobs included
+    workload: Workload
+    fit: Mapping[str, Any]
+    memory: Mapping[str, Any]
+    speed: Mapping[str, Any]
+    replica: Replica
+    replicas: int
+    gpus: int
+    engine_settings: Mapping[str, Any]  # empty when the plan does not fit
+    data: Mapping[str, Any]
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> PlanFile:
+        """The plan a mapping `validate` accepted describes."""
+        inputs, replica = data["inputs"], data["replica"]
+        return cls(
+            model=inputs["model"],
+            quant=inputs["quant"],
+            gpu=inputs["gpu"],
+            engine=inputs["engine"],
+            inputs=inputs,
+            workload=Workload(**{k: inputs["workload"][k] for k in WORKLOAD_KEYS}),
+            fit=data["fit"],
+            memory=data["memory"],
+            speed=data.get("speed") or {},
+            replica=Replica(**{k: replica[k] for k in ("gpus", "max_batch", "capacity_qps")}),
+            replicas=data["fleet"]["replicas"],
+            gpus=data["fleet"]["gpus"],
+            engine_settings=data.get("engine_settings") or {},
+            data=data,
+        )
+
+    @property
+    def fits(self) -> bool:
+        return self.fit["kind"] != "none"
+
+    @property
+    def replica_concurrency(self) -> int | None:
+        """Requests one replica runs at once: vLLM's max_num_seqs, else llama.cpp's parallel
+        (-np), else the planner's max batch; None when the plan names none."""
+        s = self.engine_settings
+        return s.get("max_num_seqs") or s.get("parallel") or self.replica.max_batch

@@ -17,7 +17,7 @@ from gateway.planner.capacity import Workload
 from gateway.planner.catalog import load_catalog
 from gateway.planner.fit import GIB, fit_options, tp_degrees, tp_problem
 from gateway.planner.plan import fit_input, make_plan, request_for
-from gateway.planner.report import PLAN_VERSION
+from gateway.planner.report import PLAN_VERSION, plan_dict
 from gateway.planner.weights import weights
 from gateway.render.engine import llama_server_args, vllm_args
 from gateway.render.fleet import fleet_from_plan
@@ -304,7 +304,7 @@ def knob_plan() -> dict[str, Any]:
         max_num_batched_tokens=4096,
         gpu_memory_utilization=0.8,
     )
-    return make_plan(req, c).to_dict()
+    return plan_dict(make_plan(req, c))
 
 
 def test_plan_file_round_trips_the_knobs(knob_plan: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from gateway.planner.capacity import Workload
 from gateway.planner.catalog import Catalog, load_catalog, model_from_hf_config
 from gateway.planner.errors import PlanError
 from gateway.planner.plan import Plan, PlanRequest, make_plan, request_for
+from gateway.planner.report import plan_dict
 from gateway.planner.tensors import param_count
 from tests.hf_configs import QWEN2_7B_CONFIG
 
@@ -79,7 +80,7 @@ def plan(catalog: Catalog, *args: Any, **kwargs: Any) -> Plan:
 
 def test_deepseek_v3_1_q8_0_on_one_l4_offloads_experts(catalog: Catalog) -> None:
     p = plan(catalog, "deepseek-v3.1", "q8_0", "l4", "llama.cpp", target_qps=0.1)
-    decode = p.to_dict()["speed"]["decode_tokens_per_s_batch1"]
+    decode = plan_dict(p)["speed"]["decode_tokens_per_s_batch1"]
     assert p.fit.kind == "moe_offload"
     assert p.fit.n_cpu_moe is not None and p.fit.n_cpu_moe > 0
     assert p.fit.gpu_layers is not None and p.fit.gpu_layers > p.request.model.num_layers
@@ -103,7 +104,7 @@ def test_gpu_memory_per_gpu_within_the_card(
     catalog: Catalog, model: str, quant: str, gpu: str, engine: str
 ) -> None:
     p = plan(catalog, model, quant, gpu, engine)
-    memory = p.to_dict()["memory"]
+    memory = plan_dict(p)["memory"]
     assert p.fit.ok
     assert memory["gpu_total_gib"] == catalog.gpu(gpu).memory_gib
     assert 0 < memory["gpu_gib"] <= memory["gpu_total_gib"]
@@ -121,7 +122,7 @@ def test_nearest_fits_are_offered_for_a_dense_model(catalog: Catalog) -> None:
     p = plan(catalog, "llama-3.1-70b", "fp16", "rtx-4090", "vllm", max_gpus_per_replica=1)
     assert p.fit.kind == "none"
     assert p.fit.nearest != []
-    assert p.to_dict()["fleet"]["gpus"] == 0
+    assert plan_dict(p)["fleet"]["gpus"] == 0
 
 
 # --- the --json contract ------------------------------------------------------------------------
@@ -151,14 +152,14 @@ def missing_keys(d: dict[str, Any]) -> list[str]:
 def test_plan_dict_has_every_json_key(
     catalog: Catalog, model: str, quant: str, gpu: str, engine: str, knobs: dict[str, Any]
 ) -> None:
-    d = plan(catalog, model, quant, gpu, engine, target_qps=0.1, **knobs).to_dict()
+    d = plan_dict(plan(catalog, model, quant, gpu, engine, target_qps=0.1, **knobs))
     assert missing_keys(d) == []
 
 
 def test_plan_dict_values_for_a_vllm_plan(catalog: Catalog) -> None:
-    d = plan(
-        catalog, "deepseek-r1-distill-qwen-32b", "awq", "a100-80gb-sxm", target_qps=75
-    ).to_dict()
+    d = plan_dict(
+        plan(catalog, "deepseek-r1-distill-qwen-32b", "awq", "a100-80gb-sxm", target_qps=75)
+    )
     assert d["fit"]["kind"] == ("gpu" if d["fit"]["gpus"] == 1 else "tensor_parallel")
     assert d["memory"]["kv_bytes_per_token"] == 256 * 1024
     assert isinstance(d["fleet"]["gpus"], int) and d["fleet"]["gpus"] >= 1
@@ -182,7 +183,7 @@ def test_per_card_qps_seed_arithmetic(catalog: Catalog, headroom: float, gpus: i
         per_card_qps=10,
     )
     assert p.fit.gpus == 1
-    assert p.to_dict()["fleet"]["gpus"] == gpus
+    assert plan_dict(p)["fleet"]["gpus"] == gpus
 
 
 FLEETS = [
@@ -378,12 +379,13 @@ import sys
 from gateway.planner.capacity import Workload
 from gateway.planner.catalog import load_catalog
 from gateway.planner.plan import PlanRequest, make_plan
+from gateway.planner.report import plan_dict
 
 c = load_catalog()
 wl = Workload(prompt_tokens=512, output_tokens=256, target_qps=1, ttft_slo_s=2, tpot_slo_s=0.05)
 req = PlanRequest(model=c.model("deepseek-v3"), quant=c.quant("fp8"), gpu=c.gpu("h200"),
                   engine=c.engine("vllm"), workload=wl)
-api = make_plan(req, c).to_dict()["hosted_api"]
+api = plan_dict(make_plan(req, c))["hosted_api"]
 assert api is not None, "no hosted_api comparison"
 assert api["monthly_usd"] > 0, api
 assert "litellm" not in sys.modules, "planning imported litellm"

@@ -13,6 +13,7 @@ from gateway.planfile import PlanFileError
 from gateway.planner.capacity import Workload
 from gateway.planner.catalog import load_catalog
 from gateway.planner.plan import make_plan, request_for
+from gateway.planner.report import plan_dict
 
 
 def _plan_dict(model: str, quant: str, gpu: str, engine: str, **knobs: Any) -> dict[str, Any]:
@@ -21,7 +22,7 @@ def _plan_dict(model: str, quant: str, gpu: str, engine: str, **knobs: Any) -> d
         prompt_tokens=512, output_tokens=256, target_qps=10, ttft_slo_s=2, tpot_slo_s=0.05
     )
     req = request_for(c, model=model, quant=quant, gpu=gpu, engine=engine, workload=wl, **knobs)
-    return make_plan(req, c).to_dict()
+    return plan_dict(make_plan(req, c))
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +102,20 @@ def test_dump_is_yaml_with_a_comment_header(valid: dict[str, Any]) -> None:
     text = planfile.dump(valid)
     assert text.startswith("#")
     assert yaml.safe_load(text) == valid
+
+
+@pytest.mark.parametrize(
+    ("settings", "max_batch", "want"),
+    [
+        ({"max_num_seqs": 96, "parallel": 4}, 128, 96),  # vLLM's max_num_seqs first
+        ({"parallel": 4}, 128, 4),  # then llama.cpp's -np
+        ({}, 128, 128),  # then the planner's max batch
+        ({}, None, None),
+    ],
+)
+def test_one_rule_for_a_replicas_concurrency(
+    valid: dict, settings: dict, max_batch: int | None, want: int | None
+) -> None:
+    data = copy.deepcopy(valid)
+    data["engine_settings"], data["replica"]["max_batch"] = settings, max_batch
+    assert planfile.read(planfile.dump(data)).replica_concurrency == want

@@ -17,6 +17,7 @@ from gateway.render.bundle import render_all
 from gateway.render.engine import llama_server_args, vllm_args
 from gateway.render.errors import RenderError
 from gateway.render.fleet import fleet_from_plan, scaled
+from gateway.render.gateway_config import serve_data
 from gateway.server import config as gwconfig
 from gateway.server import metrics as gwmetrics
 
@@ -202,3 +203,18 @@ def test_cli_error_names_the_field(tmp_path: Path, capsys: pytest.CaptureFixture
     (tmp_path / "fleet.yaml").write_text(planfile.dump(plan))
     assert main(["render", str(tmp_path / "fleet.yaml"), "-o", str(tmp_path / "d")]) == 2
     assert "engine_settings" in capsys.readouterr().err
+
+
+def test_serve_data_makes_one_backend_per_url_with_the_engine_batch() -> None:
+    plan = plan_of("vllm-awq")
+    plan["inputs"]["model"] = "deepseek-r1-distill-qwen-7b"
+    plan["replica"] |= {"max_batch": 128, "capacity_qps": 12.5}
+    plan["engine_settings"]["max_num_seqs"] = 96
+    plan["fleet"]["replicas"] = 2
+    data = serve_data(plan, urls=["http://h:8001", "http://h:8002"], listen="0.0.0.0:8080")
+    c = gwconfig.parse(data, env={})
+    assert [(b.name, b.url, b.max_inflight) for b in c.backends] == [
+        ("card-0", "http://h:8001", 96),
+        ("card-1", "http://h:8002", 96),
+    ]
+    assert c.backends[0].models == ("deepseek-r1-distill-qwen-7b",) and c.port == 8080

@@ -134,13 +134,14 @@ def test_model_error_table_is_current() -> None:
 def _plan(**over: object) -> dict:
     from gateway.planner.capacity import Workload
     from gateway.planner.plan import make_plan, request_for
+    from gateway.planner.report import plan_dict
 
     catalog = load_catalog()
     wl = Workload(
         prompt_tokens=1024, output_tokens=256, target_qps=20, ttft_slo_s=2, tpot_slo_s=0.05
     )
     args = {"model": "llama-3.1-70b", "quant": "fp8", "gpu": "h100-sxm", **over}
-    return make_plan(request_for(catalog, workload=wl, **args), catalog).to_dict()  # type: ignore[arg-type]
+    return plan_dict(make_plan(request_for(catalog, workload=wl, **args), catalog))  # type: ignore[arg-type]
 
 
 def test_every_modelled_plan_carries_its_uncertainty() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.planfile import PlanFile
+
 WORKLOAD_KEYS = ("prompt_tokens", "output_tokens", "ttft_slo_s", "tpot_slo_s")
 
 
@@ -36,9 +38,10 @@ def compare(
     }
 
 
-def workload_mismatch(cal: dict[str, Any], plan: dict[str, Any]) -> str | None:
+def workload_mismatch(cal: dict[str, Any], plan: PlanFile) -> str | None:
     """A warning when the card was measured on another workload than the plan's."""
-    measured, planned = cal["workload"], plan["inputs"]["workload"]
+    measured = cal["workload"]
+    planned = {k: getattr(plan.workload, k) for k in WORKLOAD_KEYS}
     differ = [k for k in WORKLOAD_KEYS if measured[k] != planned[k]]
     if not differ:
         return None

@@ -82,11 +82,6 @@ class Plan:
     def gpus(self) -> int:
         return self.replicas * self.fit.gpus
 
-    def to_dict(self) -> dict[str, Any]:
-        from gateway.planner.report import plan_dict
-
-        return plan_dict(self)
-
 
 def make_plan(req: PlanRequest, catalog: Catalog) -> Plan:
     """The plan for one request; a `none` fit carries the reason and the nearest options."""

@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 
 from gateway import planfile
+from gateway.planfile import PlanFile
+from gateway.render.gateway_config import SERVE_SLOTS, serve_data
 
 CARDS_PER_PROCESS = 12  # `make bench` keeps loop lag p99 < 5 ms well above this on 2 cores
 
@@ -126,22 +128,17 @@ def gateway(
         yield url
 
 
-def plan_batch(plan: dict[str, Any]) -> int:
+def plan_batch(plan: PlanFile) -> int:
     """The slots the plan gives each replica (as `cardinal serve --plan` does)."""
-    batch = (plan.get("engine_settings") or {}).get("max_num_seqs") or plan["replica"]["max_batch"]
-    return int(batch or 64)
+    return int(plan.replica_concurrency or SERVE_SLOTS)
 
 
 def gateway_config(
     plan_path: Path, urls: Sequence[str], slots: Sequence[int | None]
 ) -> dict[str, Any]:
-    plan = planfile.load(plan_path.read_text(encoding="utf-8"))
-    model, batch = plan["inputs"]["model"], plan_batch(plan)
-    backends = [
-        {"name": f"card-{i}", "url": url, "model": model, "max_inflight": n or batch}
-        for i, (url, n) in enumerate(zip(urls, slots, strict=True))
-    ]
-    return {"backends": backends}
+    plan = planfile.read(plan_path.read_text(encoding="utf-8"))
+    data = serve_data(plan, urls=urls, listen="127.0.0.1:8080", slots=slots)
+    return {"backends": data["backends"]}  # `cardinal serve --listen` gives the address
 
 
 def lagging(logs: list[Path]) -> bool:

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from gateway import planfile
+from gateway.planfile import PlanFile
 from gateway.prove.binding import binding_constraint
 from gateway.prove.fleet import gateway, lagging, plan_batch, sim_cards
 from gateway.prove.report import write_report
@@ -37,13 +37,13 @@ class ProveOptions:
 
 
 def prove(o: ProveOptions, *, say: Callable[[str], None] = print) -> int:
-    plan = planfile.load(o.plan_path.read_text(encoding="utf-8"))
-    if plan["fit"]["kind"] == "none":
+    plan = planfile.read(o.plan_path.read_text(encoding="utf-8"))
+    if not plan.fits:
         raise planfile.PlanFileError("the plan does not fit; nothing to prove", field="fit.kind")
-    target = o.target_qps or plan["inputs"]["workload"]["target_qps"]
-    n = o.cards or len(o.backends) or plan["fleet"]["replicas"]
+    target = o.target_qps or plan.workload.target_qps
+    n = o.cards or len(o.backends) or plan.replicas
     o.report.mkdir(parents=True, exist_ok=True)
-    seqs = (plan.get("engine_settings") or {}).get("max_num_seqs")
+    seqs = plan.replica_concurrency
     with ExitStack() as stack:
         urls, logs = _fleet(stack, o, n)
         own = engine_slots(urls, plan, say) if o.backends else []
@@ -73,7 +73,7 @@ def prove(o: ProveOptions, *, say: Callable[[str], None] = print) -> int:
         binding = binding_constraint(main, max_num_seqs=seqs)
         say(f"binding constraint: {binding}")
         minimal = _minimal(stack, o, run, target, urls, own, say) if o.check_minimal else None
-        start = (plan["replica"]["capacity_qps"] or target / n) * n  # search around the plan
+        start = (plan.replica.capacity_qps or target / n) * n  # search around the plan
         sweep = search_rate(lambda q: run(f"sweep-{q:.2f}", q, gw, urls), start) if o.sweep else []
         invalid = lagging(logs)
     code = _outcome(main, minimal, say)
@@ -89,9 +89,7 @@ def prove(o: ProveOptions, *, say: Callable[[str], None] = print) -> int:
     return code
 
 
-def engine_slots(
-    urls: list[str], plan: dict[str, Any], say: Callable[[str], None]
-) -> list[int | None]:
+def engine_slots(urls: list[str], plan: PlanFile, say: Callable[[str], None]) -> list[int | None]:
     """Each given engine's own slot count where it publishes one (llama.cpp's /slots), so the
     gateway does not send it the plan's batch; None where it does not."""
     found = []
@@ -176,12 +174,10 @@ def highest_passing(trials: list[Trial]) -> float:
     return max((t.target_qps for t in trials if t.passed), default=0.0)
 
 
-def _report_sweep(
-    trials: list[Trial], plan: dict[str, Any], n: int, say: Callable[[str], None]
-) -> None:
+def _report_sweep(trials: list[Trial], plan: PlanFile, n: int, say: Callable[[str], None]) -> None:
     best = highest_passing(trials)
     per_card = best / n
-    planned = plan["replica"]["capacity_qps"]
+    planned = plan.replica.capacity_qps
     gap = f" ({per_card / planned - 1:+.0%})" if planned else ""
     say(
         f"sweep: highest passing rate {best:.2f} QPS on {n} card(s) = {per_card:.2f} QPS per card; "

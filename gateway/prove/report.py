@@ -8,13 +8,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+from gateway.planfile import PlanFile
 from gateway.prove.trial import Trial
 
 
 def write_report(
     out: Path,
     *,
-    plan: dict[str, Any],
+    plan: PlanFile,
     main: Trial,
     binding: str,
     sweep: list[Trial],
@@ -94,7 +95,7 @@ def _cards_plot(path: Path, trial: Trial) -> Path:
     return _save(fig, path)
 
 
-def _sweep_plot(path: Path, sweep: list[Trial], plan: dict[str, Any]) -> Path:
+def _sweep_plot(path: Path, sweep: list[Trial], plan: PlanFile) -> Path:
     import matplotlib.pyplot as plt
 
     trials = sorted(sweep, key=lambda t: t.target_qps)
@@ -104,7 +105,7 @@ def _sweep_plot(path: Path, sweep: list[Trial], plan: dict[str, Any]) -> Path:
     ax.plot(x, x, ls=":", color="gray", label="offered = completed")
     for t in trials:
         ax.annotate("pass" if t.passed else "fail", (t.target_qps, t.verdict["completed_qps"]))
-    cap = plan["replica"]["capacity_qps"]
+    cap = plan.replica.capacity_qps
     if cap:
         ax.axvline(cap * trials[0].cards, color="green", ls="--", label="plan capacity")
     ax.set(xlabel="offered QPS", ylabel="completed QPS", title="Rate sweep")
@@ -122,23 +123,23 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def _html(
-    plan: dict[str, Any],
+    plan: PlanFile,
     main: Trial,
     binding: str,
     sweep: list[Trial],
     minimal: Trial | None,
     images: list[Path],
 ) -> str:
-    i, w = plan["inputs"], plan["inputs"]["workload"]
+    w = plan.workload
     parts = [
         "<!doctype html><meta charset=utf-8><title>Cardinal proof</title>",
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
         "pre{background:#f4f4f4;padding:1em;overflow-x:auto}</style>",
-        f"<h1>Cardinal proof: {_e(i['model'])} {_e(i['quant'])} on {main.cards} x "
-        f"{_e(i['gpu'])}</h1>",
-        f"<p>{w['target_qps']:g} QPS target, {w['prompt_tokens']} prompt / {w['output_tokens']} "
-        f"output tokens, TTFT &le; {w['ttft_slo_s']:g} s, TPOT &le; {w['tpot_slo_s'] * 1e3:g} ms. "
-        f"Plan: {plan['fleet']['replicas']} replicas at {plan['replica']['capacity_qps']} QPS each."
+        f"<h1>Cardinal proof: {_e(plan.model)} {_e(plan.quant)} on {main.cards} x "
+        f"{_e(plan.gpu)}</h1>",
+        f"<p>{w.target_qps:g} QPS target, {w.prompt_tokens} prompt / {w.output_tokens} "
+        f"output tokens, TTFT &le; {w.ttft_slo_s:g} s, TPOT &le; {w.tpot_slo_s * 1e3:g} ms. "
+        f"Plan: {plan.replicas} replicas at {plan.replica.capacity_qps} QPS each."
         "</p>",
         f"<h2>Verdict: {main.verdict['label']}</h2><pre>{_e(main.table)}</pre>",
         f"<p>Binding constraint: {_e(binding)}</p>",

@@ -67,7 +67,7 @@ def render_compose(
         configs["gateway-gpu"] = _content(
             render_gateway_config(plan, urls=_urls(list(engines)), redis_url=REDIS_URL)
         )
-        configs["fleet"] = _content(planfile.dump(dict(plan)))
+        configs["fleet"] = _content(planfile.dump(dict(planfile.of(plan).data)))
     data = {
         "name": "cardinal",
         "services": services,

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gateway import planfile
+from gateway.planfile import PlanFile
 from gateway.planner.catalog import load_catalog
 from gateway.planner.errors import PlanError
 from gateway.render.checkpoint import Checkpoint, checkpoint
@@ -47,55 +49,52 @@ class Fleet:
         return round(self.capacity_qps * self.replicas, 6)
 
 
-def fleet_from_plan(plan: Mapping[str, Any]) -> Fleet:
-    """The fleet a validated plan (`planfile.load`) describes; errors name the plan field."""
-    inputs, wl = plan["inputs"], plan["inputs"]["workload"]
-    settings = plan.get("engine_settings")
-    if not settings:
+def fleet_from_plan(plan: PlanFile | Mapping[str, Any]) -> Fleet:
+    """The fleet a validated plan (`planfile.read`, or a mapping `planfile.load` returns)
+    describes; errors name the plan field."""
+    p = planfile.of(plan)
+    if not p.engine_settings:
         raise RenderError(
             "the plan does not fit (no `engine_settings`): nothing to deploy",
             field="engine_settings",
         )
-    if plan["replica"]["capacity_qps"] is None:
+    if p.replica.capacity_qps is None:
         raise RenderError("`replica.capacity_qps` is null", field="replica.capacity_qps")
     catalog = load_catalog()
     try:
-        quant = catalog.quant(inputs["quant"])
+        quant = catalog.quant(p.quant)
     except PlanError:
-        raise RenderError(
-            f"unknown quantization {inputs['quant']!r}", field="inputs.quant"
-        ) from None
+        raise RenderError(f"unknown quantization {p.quant!r}", field="inputs.quant") from None
     try:
-        model = catalog.model(inputs["model"])
+        model = catalog.model(p.model)
         model_id, model_name = model.id, model.name
     except PlanError:  # a plan from --model-config: no catalog entry, the name stands in
-        model_id = model_name = inputs["model"]
-    engine = catalog.engine(inputs["engine"]).id
-    batch = settings.get("max_num_seqs") or settings.get("parallel") or plan["replica"]["max_batch"]
+        model_id = model_name = p.model
+    wl = p.workload
     return Fleet(
         model=model_id,
         model_name=model_name,
         quant=quant.id,
-        gpu=inputs["gpu"],
-        engine=engine,
-        replicas=plan["fleet"]["replicas"],
-        gpus_per_replica=plan["replica"]["gpus"] or 1,
-        max_inflight=int(batch or 1),
-        capacity_qps=float(plan["replica"]["capacity_qps"]),
-        target_qps=float(wl["target_qps"]),
-        headroom=float(wl["headroom"]),
-        ttft_slo_s=float(wl["ttft_slo_s"]),
-        tpot_slo_s=float(wl["tpot_slo_s"]),
-        cpu_ram_gib=float(plan["memory"].get("cpu_ram_gib") or 0.0),
-        settings=settings,
+        gpu=p.gpu,
+        engine=catalog.engine(p.engine).id,
+        replicas=p.replicas,
+        gpus_per_replica=p.replica.gpus or 1,
+        max_inflight=int(p.replica_concurrency or 1),
+        capacity_qps=float(p.replica.capacity_qps),
+        target_qps=float(wl.target_qps),
+        headroom=float(wl.headroom),
+        ttft_slo_s=float(wl.ttft_slo_s),
+        tpot_slo_s=float(wl.tpot_slo_s),
+        cpu_ram_gib=float(p.memory.get("cpu_ram_gib") or 0.0),
+        settings=p.engine_settings,
         checkpoint=checkpoint(model_id, quant),
     )
 
 
-def scaled(plan: Mapping[str, Any], replicas: int) -> dict[str, Any]:
+def scaled(plan: PlanFile | Mapping[str, Any], replicas: int) -> dict[str, Any]:
     """The plan with `replicas` replicas (a demo on one host), capacity and GPUs to match."""
     if replicas < 1:
         raise RenderError(f"replicas must be >= 1, got {replicas}", field="fleet.replicas")
-    out = {**plan, "fleet": {**plan["fleet"], "replicas": replicas}}
-    out["fleet"]["gpus"] = replicas * (plan["replica"]["gpus"] or 1)
-    return out
+    p = planfile.of(plan)
+    fleet = {**p.data["fleet"], "replicas": replicas, "gpus": replicas * (p.replica.gpus or 1)}
+    return {**p.data, "fleet": fleet}

@@ -7,7 +7,11 @@ from typing import Any
 
 import yaml
 
+from gateway import planfile
+from gateway.planfile import PlanFile
 from gateway.render.fleet import ENGINE_PORT, GATEWAY_PORT, Fleet, fleet_from_plan
+
+SERVE_SLOTS = 64  # a replica's in-flight requests when the plan names no batch
 
 
 def engine_urls(fleet: Fleet, *, host: str = "engine") -> list[str]:
@@ -42,6 +46,25 @@ def gateway_data(
         # replicas share per-key limits there (keys go under `auth.keys`)
         data["limits"] = {"redis_url": redis_url}
     return data
+
+
+def serve_data(
+    plan: PlanFile | Mapping[str, Any],
+    *,
+    urls: Sequence[str],
+    listen: str,
+    slots: Sequence[int | None] = (),
+) -> dict[str, Any]:
+    """The gateway config `cardinal serve --plan` runs, for `gateway.server.config.parse`: one
+    backend per URL with the plan's per-replica concurrency, or its own where `slots` gives it."""
+    p = planfile.of(plan)
+    batch = p.replica_concurrency or SERVE_SLOTS
+    own = list(slots) or [None] * len(urls)
+    backends = [
+        {"name": f"card-{i}", "url": url, "model": p.model, "max_inflight": n or batch}
+        for i, (url, n) in enumerate(zip(urls, own, strict=True))
+    ]
+    return {"listen": listen, "backends": backends}
 
 
 def render_gateway_config(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.planfile import PlanFileError
+from gateway import planfile
+from gateway.planfile import PlanFile, PlanFileError
 from gateway.planner.capacity import Workload
 from gateway.planner.catalog import Catalog
 from gateway.planner.errors import PlanError
@@ -48,28 +50,29 @@ def card_from_catalog(
     return Card(speed=plan.speed, engine=config)
 
 
-def card_from_plan(catalog: Catalog, plan: dict[str, Any]) -> Card:
+def card_from_plan(catalog: Catalog, plan: PlanFile | Mapping[str, Any]) -> Card:
     """The replica a validated plan file describes: its speed model re-derived from the plan's
     inputs (and checked against the figures the file records), its engine limits as written."""
-    inputs, fit = plan["inputs"], plan["fit"]
-    if fit["kind"] == "none":
+    p = planfile.of(plan)
+    inputs, fit = p.inputs, p.fit
+    if not p.fits:
         raise PlanFileError(f"the plan does not fit: {fit.get('reason')}", field="fit.kind")
-    w = inputs["workload"]
+    w = p.workload
     workload = Workload(
-        prompt_tokens=w["prompt_tokens"],
-        output_tokens=w["output_tokens"],
-        target_qps=w["target_qps"],
-        ttft_slo_s=w["ttft_slo_s"],
-        tpot_slo_s=w["tpot_slo_s"],
-        headroom=w["headroom"],
+        prompt_tokens=w.prompt_tokens,
+        output_tokens=w.output_tokens,
+        target_qps=w.target_qps,
+        ttft_slo_s=w.ttft_slo_s,
+        tpot_slo_s=w.tpot_slo_s,
+        headroom=w.headroom,
     )
     try:
         req = request_for(
             catalog,
-            model=inputs["model"],
-            quant=inputs["quant"],
-            gpu=inputs["gpu"],
-            engine=inputs["engine"],
+            model=p.model,
+            quant=p.quant,
+            gpu=p.gpu,
+            engine=p.engine,
             workload=workload,
             kv_dtype=inputs.get("kv_dtype", "auto"),
             mla_cache=inputs.get("mla_cache", "latent"),
@@ -83,7 +86,7 @@ def card_from_plan(catalog: Catalog, plan: dict[str, Any]) -> Card:
     except PlanError as e:
         raise PlanFileError(str(e), field=f"inputs.{e.field}") from None
     speed = make_plan(req, catalog).speed
-    recorded = (plan.get("speed") or {}).get("decode_tokens_per_s_batch1")
+    recorded = p.speed.get("decode_tokens_per_s_batch1")
     if speed is None or not recorded:
         raise PlanFileError("the plan records no speed", field="speed")
     derived = speed.decode_tokens_per_s(ctx=workload.mean_decode_context)
@@ -93,9 +96,9 @@ def card_from_plan(catalog: Catalog, plan: dict[str, Any]) -> Card:
             f"{derived:.2f} from its inputs; re-run `cardinal plan`",
             field="speed.decode_tokens_per_s_batch1",
         )
-    settings = plan.get("engine_settings") or {}
-    seqs = settings.get("max_num_seqs") or settings.get("parallel")
-    kv_tokens = plan["memory"].get("kv_cache_tokens")
+    settings = p.engine_settings
+    seqs = p.replica_concurrency
+    kv_tokens = p.memory.get("kv_cache_tokens")
     for field, value in (
         ("engine_settings.max_num_seqs", seqs),
         ("memory.kv_cache_tokens", kv_tokens),
