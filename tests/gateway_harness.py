@@ -15,8 +15,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway.planner.catalog import load_catalog
-from gateway.server.app import config_key
 from gateway.server.app import create_app as create_gateway
+from gateway.server.app import live_key
 from gateway.server.config import GatewayConfig, parse
 from gateway.server.runner import start
 from gateway.sim.card import Card, card_from_catalog
@@ -90,7 +90,7 @@ class Fleet:
 
     def served(self) -> list[float]:
         """Requests answered 200 by each backend, in config order."""
-        backends = self.gateway.app[config_key].backends
+        backends = self.gateway.app[live_key].config.backends
         return [
             self.sample("gateway_requests_total", model=b.models[0], backend=b.name, code="200")
             for b in backends

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.server.config import ConfigError, from_plan, load, parse
+from gateway.server.config import ConfigError, load, parse
 
 MINIMAL = """\
 listen: 127.0.0.1:8080
@@ -88,18 +88,3 @@ def test_errors_name_the_field(edit, field: str, words: str) -> None:  # type: i
 def test_not_yaml_is_an_error() -> None:
     with pytest.raises(ConfigError, match="not valid YAML"):
         load("backends: [", env={})
-
-
-def test_from_plan_makes_one_backend_per_url_with_the_engine_batch() -> None:
-    plan = {
-        "inputs": {"model": "deepseek-r1-distill-qwen-7b"},
-        "replica": {"max_batch": 128, "capacity_qps": 12.5},
-        "engine_settings": {"max_num_seqs": 96},
-        "fleet": {"replicas": 2},
-    }
-    c = from_plan(plan, urls=["http://h:8001", "http://h:8002"], listen="0.0.0.0:8080")
-    assert [(b.name, b.url, b.max_inflight) for b in c.backends] == [
-        ("card-0", "http://h:8001", 96),
-        ("card-1", "http://h:8002", 96),
-    ]
-    assert c.backends[0].models == ("deepseek-r1-distill-qwen-7b",) and c.port == 8080

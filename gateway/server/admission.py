@@ -45,8 +45,14 @@ class Admission:
         self._by_model: dict[str, list[Backend]] = {}
         self.rebuild()
 
+    def reconfigure(self, config: AdmissionConfig, policy: Policy) -> None:
+        """A reload's settings and policy, over `backends` as it changed them in place."""
+        self.config = config
+        self.policy = policy
+        self.rebuild()
+
     def rebuild(self) -> None:
-        """Index the backends by model again (after a reload changed `backends` in place)."""
+        """Index the backends by model again."""
         by_model: dict[str, list[Backend]] = {}
         for b in self.backends:
             for m in b.config.models:

@@ -42,8 +42,7 @@ from gateway.server.shared_limits import ParentStore
 
 log = logging.getLogger("cardinal.gateway")
 
-config_key = web.AppKey("config_key", GatewayConfig)  # as started; `live_key` has the current
-live_key = web.AppKey("live_key", Live)
+live_key = web.AppKey("live_key", Live)  # the running config and keys; a reload swaps them
 registry_key = web.AppKey("registry_key", CollectorRegistry)
 metrics_key = web.AppKey("metrics_key", GatewayMetrics)
 backends_key = web.AppKey("backends_key", list[Backend])
@@ -51,6 +50,7 @@ admission_key = web.AppKey("admission_key", Admission)
 client_key = web.AppKey("client_key", aiohttp.ClientSession)
 proxy_key = web.AppKey("proxy_key", Proxy)
 prober_key = web.AppKey("prober_key", Prober)
+scraper_key = web.AppKey("scraper_key", Scraper)
 limiter_key = web.AppKey("limiter_key", Limiter)
 reloader_key = web.AppKey("reloader_key", Reloader)
 load_key = web.AppKey("load_key", Callable[[], GatewayConfig] | None)  # type: ignore[arg-type]
@@ -80,7 +80,6 @@ def create_app(
     rng = rng or random.Random()
     policy = make_policy(config.routing, backends, rng=rng)
     metrics = GatewayMetrics(registry)
-    app[config_key] = config
     app[live_key] = Live(config=config, keyring=Keyring(config.auth.keys))
     app[load_key] = load_config
     app[limits_place_key] = (limits, parent_limits)
@@ -93,9 +92,9 @@ def create_app(
     app.cleanup_ctx.append(limiter_ctx)
     app.cleanup_ctx.append(client_ctx)
     app.cleanup_ctx.append(prober_ctx)
-    app.cleanup_ctx.append(reloader_ctx)
     if config.routing.policy == "engine_aware":
         app.cleanup_ctx.append(scraper_ctx)
+    app.cleanup_ctx.append(reloader_ctx)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
@@ -113,7 +112,7 @@ def create_app(
 
 async def limiter_ctx(app: web.Application) -> AsyncIterator[None]:
     """Per-key limits; closed last, after the requests that settle into them."""
-    config = app[config_key].limits
+    config = app[live_key].config.limits
     local, parent_path = app[limits_place_key]
     parent = ParentStore(parent_path, timeout_s=config.redis_timeout_s) if parent_path else None
     limiter = Limiter(config, app[metrics_key], local=local, parent=parent)
@@ -126,14 +125,14 @@ async def limiter_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def client_ctx(app: web.Application) -> AsyncIterator[None]:
     """The one pooled upstream session, and the proxy that uses it."""
-    t = app[config_key].timeouts
+    t = app[live_key].config.timeouts
     # No connection limit here: admission already bounds what each backend receives.
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s, sock_read=t.read_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         app[client_key] = session
         app[proxy_key] = Proxy(
-            config=app[config_key],
+            config=app[live_key].config,
             session=session,
             admission=app[admission_key],
             metrics=app[metrics_key],
@@ -144,7 +143,7 @@ async def client_ctx(app: web.Application) -> AsyncIterator[None]:
 async def prober_ctx(app: web.Application) -> AsyncIterator[None]:
     prober = Prober(
         app[backends_key],
-        config=app[config_key].health,
+        config=app[live_key].config.health,
         session=app[client_key],
         admission=app[admission_key],
     )
@@ -161,6 +160,7 @@ async def reloader_ctx(app: web.Application) -> AsyncIterator[None]:
         proxy=app[proxy_key],
         prober=app[prober_key],
         limiter=app[limiter_key],
+        scraper=app.get(scraper_key),
         metrics=app[metrics_key],
         rng=app[rng_key],
         load=app[load_key],
@@ -172,8 +172,9 @@ async def scraper_ctx(app: web.Application) -> AsyncIterator[None]:
     scraper = Scraper(
         app[backends_key],
         session=app[client_key],
-        interval_s=app[config_key].routing.scrape_interval_s,
+        interval_s=app[live_key].config.routing.scrape_interval_s,
     )
+    app[scraper_key] = scraper
     async with _background(scraper.run(), "gateway-scraper"):
         yield
 
@@ -286,13 +287,13 @@ def _settle(limiter: Limiter, ticket: Ticket, call: Call, body: dict[str, Any]) 
 
 
 async def _body(request: web.Request) -> bytes:
-    server = request.app[config_key].server
+    config = request.app[live_key].config
+    server = config.server
     try:
         async with asyncio.timeout(server.body_timeout_s):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        limit = request.app[config_key].max_body_bytes
-        raise PayloadTooLarge(f"request body exceeds {limit} bytes") from None
+        raise PayloadTooLarge(f"request body exceeds {config.max_body_bytes} bytes") from None
     except web.RequestPayloadError as e:  # a body that is not the gzip (or br) it claims to be
         encoding = request.headers.get("Content-Encoding")
         what = f"not valid {encoding}, its Content-Encoding" if encoding else f"malformed: {e}"

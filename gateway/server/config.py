@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -13,6 +13,7 @@ import yaml
 
 POLICIES = ("round_robin", "least_outstanding", "engine_aware", "affinity")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_OWN = object()  # a getter's default: the one the section's dataclass gives the field
 
 
 class ConfigError(ValueError):
@@ -121,6 +122,11 @@ class ServerConfig:
     send_timeout_s: float = 60.0  # a stream whose client reads nothing this long is cut (nginx's)
 
 
+# Settings bound when the gateway starts (its socket, its server, its upstream session): a reload
+# reports a change to one of them as needing a restart, and the running gateway keeps its value.
+RESTART_ONLY = ("host", "port", "server", "timeouts", "max_body_bytes")
+
+
 @dataclass(frozen=True, kw_only=True)
 class GatewayConfig:
     host: str = "127.0.0.1"
@@ -137,6 +143,17 @@ class GatewayConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
 
+    def restart_changes(self, new: GatewayConfig) -> list[str]:
+        """The settings that differ in `new` and only a restart applies."""
+        changed = [f for f in RESTART_ONLY if getattr(self, f) != getattr(new, f)]
+        if (self.routing.policy == "engine_aware") != (new.routing.policy == "engine_aware"):
+            changed.append("routing.policy (engine_aware scrapes from start)")
+        return changed
+
+    def reloaded(self, new: GatewayConfig) -> GatewayConfig:
+        """`new` as a running gateway applies it: the restart-only settings stay as they are."""
+        return replace(new, **{f: getattr(self, f) for f in RESTART_ONLY})
+
 
 Reader = Callable[[str], str]  # a file named in the config (`auth.keys_file`) -> its text
 
@@ -148,69 +165,70 @@ def load(text: str, *, env: Mapping[str, str], read: Reader | None = None) -> Ga
 
 
 def parse(data: Any, *, env: Mapping[str, str], read: Reader | None = None) -> GatewayConfig:
-    top = _Section(data, "")
-    host, port = parse_listen(top.get("listen", str, "127.0.0.1:8080"))
+    top = _Section(data, "", GatewayConfig)
+    host, port = top.default("host"), top.default("port")
+    listen = top.get("listen", str, None)
+    if listen is not None:
+        host, port = parse_listen(listen)
     backends = top.get("backends", list, None, required=True)
     if not backends:
         raise ConfigError("`backends` must list at least one backend", field="backends")
     parsed = tuple(_backend(b, f"backends[{i}]", env) for i, b in enumerate(backends))
     _unique([b.name for b in parsed], "name")
-    admin = _Section(top.get("admin", dict, {}), "admin")
+    admin = top.section("admin")
     config = GatewayConfig(
         host=host,
         port=port,
         backends=parsed,
-        routing=_routing(top.get("routing", (str, dict), "least_outstanding")),
-        health=_health(_Section(top.get("health", dict, {}), "health")),
-        admission=_admission(_Section(top.get("admission", dict, {}), "admission")),
-        timeouts=_timeouts(_Section(top.get("timeouts", dict, {}), "timeouts")),
-        max_attempts=top.positive("max_attempts", int, 3),
-        max_body_bytes=top.positive("max_body_bytes", int, 8 * 1024 * 1024),
+        routing=_routing(top.get("routing", (str, dict), {})),
+        health=_health(top.section("health", HealthConfig)),
+        admission=_admission(top.section("admission", AdmissionConfig)),
+        timeouts=_timeouts(top.section("timeouts", TimeoutConfig)),
+        max_attempts=top.positive("max_attempts", int),
+        max_body_bytes=top.positive("max_body_bytes", int),
         admin_key=_secret(admin, "key_env", env),
-        auth=_auth(_Section(top.get("auth", dict, {}), "auth"), env, read),
-        limits=_limits(_Section(top.get("limits", dict, {}), "limits"), env),
-        server=_server(_Section(top.get("server", dict, {}), "server")),
+        auth=_auth(top.section("auth", AuthConfig), env, read),
+        limits=_limits(top.section("limits", LimitsConfig), env),
+        server=_server(top.section("server", ServerConfig)),
     )
     admin.done()
     top.done()
     return config
 
 
-def from_plan(plan: Mapping[str, Any], *, urls: Sequence[str], listen: str) -> GatewayConfig:
-    """A gateway over a plan file's replicas (`plan` as `planfile.load` returns it)."""
-    model = plan["inputs"]["model"]
-    batch = plan.get("engine_settings", {}).get("max_num_seqs") or plan["replica"]["max_batch"]
-    data = {
-        "listen": listen,
-        "backends": [
-            {"name": f"card-{i}", "url": url, "model": model, "max_inflight": batch or 64}
-            for i, url in enumerate(urls)
-        ],
-    }
-    return parse(data, env={})
-
-
 class _Section:
-    """A mapping being read: typed getters that name the dotted field; `done` rejects the rest."""
+    """A mapping being read into dataclass `of`: typed getters that name the dotted field and
+    default to `of`'s own defaults; `done` rejects the rest."""
 
-    def __init__(self, raw: Any, path: str) -> None:
+    def __init__(self, raw: Any, path: str, of: type | None = None) -> None:
         if not isinstance(raw, dict):
             raise ConfigError(f"`{path or '(top level)'}` must be a mapping", field=path or "(top)")
         self.raw = raw
         self.path = path
+        self.of = of
         self.seen: set[str] = set()
 
     def name(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
 
+    def default(self, key: str) -> Any:
+        """The default the dataclass gives its field `key`."""
+        f = next(f for f in fields(self.of or object) if f.name == key)
+        return f.default_factory() if f.default_factory is not MISSING else f.default
+
     def get(
-        self, key: str, kind: type | tuple[type, ...], default: Any, *, required: bool = False
+        self,
+        key: str,
+        kind: type | tuple[type, ...],
+        default: Any = _OWN,
+        *,
+        required: bool = False,
     ) -> Any:
         self.seen.add(key)
         if key not in self.raw or self.raw[key] is None:
             if required:
                 raise ConfigError(f"`{self.name(key)}` is required", field=self.name(key))
-            return default
+            return self.default(key) if default is _OWN else default
         value = self.raw[key]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
@@ -222,7 +240,11 @@ class _Section:
             )
         return value
 
-    def positive(self, key: str, kind: type, default: Any) -> Any:
+    def section(self, key: str, of: type | None = None) -> _Section:
+        """The mapping under `key` (absent: empty), to be read into dataclass `of`."""
+        return _Section(self.get(key, dict, {}), self.name(key), of)
+
+    def positive(self, key: str, kind: type, default: Any = _OWN) -> Any:
         value = self.get(key, kind, default)
         if value is not None and not value > 0:
             raise ConfigError(
@@ -245,7 +267,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def _backend(raw: Any, path: str, env: Mapping[str, str]) -> BackendConfig:
-    s = _Section(raw, path)
+    s = _Section(raw, path, BackendConfig)
     url = s.get("url", str, None, required=True).rstrip("/")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -260,10 +282,10 @@ def _backend(raw: Any, path: str, env: Mapping[str, str]) -> BackendConfig:
         name=s.get("name", str, parts.netloc),
         url=url,
         models=models,
-        max_inflight=s.positive("max_inflight", int, 64),
-        weight=s.positive("weight", float, 1.0),
+        max_inflight=s.positive("max_inflight", int),
+        weight=s.positive("weight", float),
         api_key=_secret(s, "api_key_env", env),
-        drain=s.get("drain", bool, False),
+        drain=s.get("drain", bool),
     )
     s.done()
     return backend
@@ -281,19 +303,19 @@ def _secret(s: _Section, key: str, env: Mapping[str, str]) -> str | None:
 
 
 def _routing(raw: Any) -> RoutingConfig:
-    s = _Section({"policy": raw} if isinstance(raw, str) else raw, "routing")
+    s = _Section({"policy": raw} if isinstance(raw, str) else raw, "routing", RoutingConfig)
     field_name = "routing" if isinstance(raw, str) else "routing.policy"
-    policy = s.get("policy", str, "least_outstanding")
+    policy = s.get("policy", str)
     if policy not in POLICIES:
         raise ConfigError(
             f"`{field_name}` must be one of {', '.join(POLICIES)}, got {policy!r}", field=field_name
         )
     config = RoutingConfig(
         policy=policy,
-        affinity_header=s.get("affinity_header", str, "x-session-id").lower(),
-        prefix_chars=s.positive("prefix_chars", int, 256),
-        load_factor=s.positive("load_factor", float, 1.25),
-        scrape_interval_s=s.positive("scrape_interval_s", float, 0.5),
+        affinity_header=s.get("affinity_header", str).lower(),
+        prefix_chars=s.positive("prefix_chars", int),
+        load_factor=s.positive("load_factor", float),
+        scrape_interval_s=s.positive("scrape_interval_s", float),
     )
     if config.load_factor < 1:
         raise ConfigError("`routing.load_factor` must be >= 1", field="routing.load_factor")
@@ -303,24 +325,24 @@ def _routing(raw: Any) -> RoutingConfig:
 
 def _health(s: _Section) -> HealthConfig:
     config = HealthConfig(
-        path=s.get("path", str, "/health"),
-        interval_s=s.positive("interval_s", float, 1.0),
-        max_backoff_s=s.positive("max_backoff_s", float, 30.0),
-        timeout_s=s.positive("timeout_s", float, 2.0),
-        failure_threshold=s.positive("failure_threshold", int, 5),
+        path=s.get("path", str),
+        interval_s=s.positive("interval_s", float),
+        max_backoff_s=s.positive("max_backoff_s", float),
+        timeout_s=s.positive("timeout_s", float),
+        failure_threshold=s.positive("failure_threshold", int),
     )
     s.done()
     return config
 
 
 def _admission(s: _Section) -> AdmissionConfig:
-    queue_size = s.get("queue_size", int, 256)
+    queue_size = s.get("queue_size", int)
     if queue_size < 0:
         raise ConfigError("`admission.queue_size` must be >= 0", field="admission.queue_size")
     config = AdmissionConfig(
         queue_size=queue_size,
-        queue_timeout_s=s.positive("queue_timeout_s", float, 5.0),
-        retry_after_s=s.positive("retry_after_s", int, 1),
+        queue_timeout_s=s.positive("queue_timeout_s", float),
+        retry_after_s=s.positive("retry_after_s", int),
     )
     s.done()
     return config
@@ -328,8 +350,8 @@ def _admission(s: _Section) -> AdmissionConfig:
 
 def _timeouts(s: _Section) -> TimeoutConfig:
     config = TimeoutConfig(
-        connect_s=s.positive("connect_s", float, 3.0),
-        read_s=s.positive("read_s", float, 600.0),
+        connect_s=s.positive("connect_s", float),
+        read_s=s.positive("read_s", float),
     )
     s.done()
     return config
@@ -343,7 +365,7 @@ def _yaml(text: str, where: str) -> Any:
 
 
 def _auth(s: _Section, env: Mapping[str, str], read: Reader | None) -> AuthConfig:
-    entries = [(e, f"auth.keys[{i}]") for i, e in enumerate(s.get("keys", list, []))]
+    entries = [(e, f"auth.keys[{i}]") for i, e in enumerate(s.get("keys", list))]
     path = s.get("keys_file", str, None)
     if path is not None:
         if read is None:
@@ -369,7 +391,7 @@ def _auth(s: _Section, env: Mapping[str, str], read: Reader | None) -> AuthConfi
 
 
 def _client_key(raw: Any, path: str, env: Mapping[str, str], *, in_file: bool) -> ClientKey:
-    s = _Section(raw, path)
+    s = _Section(raw, path, ClientKey)
     name = s.get("name", str, None, required=True)
     digest = s.get("sha256", str, None)
     if in_file and "key_env" in s.raw:  # a keys file holds digests, never pointers to secrets
@@ -389,19 +411,19 @@ def _client_key(raw: Any, path: str, env: Mapping[str, str], *, in_file: bool) -
         raise ConfigError(
             f"`{path}.sha256` must be 64 hex digits (sha256sum of the key)", field=path + ".sha256"
         )
-    limits = _key_limits(_Section(s.get("limits", dict, {}), path + ".limits"))
+    limits = _key_limits(s.section("limits", KeyLimits))
     s.done()
     return ClientKey(name=name, sha256=digest.lower(), limits=limits)
 
 
 def _key_limits(s: _Section) -> KeyLimits:
-    limits = KeyLimits(**{f: s.positive(f, int, None) for f in KeyLimits.__dataclass_fields__})
+    limits = KeyLimits(**{f: s.positive(f, int) for f in KeyLimits.__dataclass_fields__})
     s.done()
     return limits
 
 
 def _limits(s: _Section, env: Mapping[str, str]) -> LimitsConfig:
-    url = s.get("redis_url", str, None)
+    url = s.get("redis_url", str)
     from_env = _secret(s, "redis_url_env", env)  # a URL with a password stays out of the file
     if url and from_env:
         raise ConfigError("give `limits.redis_url` or `redis_url_env`, not both", field="limits")
@@ -413,11 +435,11 @@ def _limits(s: _Section, env: Mapping[str, str]) -> LimitsConfig:
             field="limits.redis_url",
         )
     config = LimitsConfig(
-        default=_key_limits(_Section(s.get("default", dict, {}), "limits.default")),
+        default=_key_limits(s.section("default", KeyLimits)),
         redis_url=url,
-        redis_timeout_s=s.positive("redis_timeout_s", float, 0.5),
-        redis_retry_s=s.positive("redis_retry_s", float, 2.0),
-        concurrency_lease_s=s.positive("concurrency_lease_s", float, 900.0),
+        redis_timeout_s=s.positive("redis_timeout_s", float),
+        redis_retry_s=s.positive("redis_retry_s", float),
+        concurrency_lease_s=s.positive("concurrency_lease_s", float),
     )
     s.done()
     return config
@@ -425,11 +447,11 @@ def _limits(s: _Section, env: Mapping[str, str]) -> LimitsConfig:
 
 def _server(s: _Section) -> ServerConfig:
     config = ServerConfig(
-        max_connections=s.positive("max_connections", int, 4096),
-        header_timeout_s=s.positive("header_timeout_s", float, 15.0),
-        body_timeout_s=s.positive("body_timeout_s", float, 30.0),
-        drain_timeout_s=s.positive("drain_timeout_s", float, 30.0),
-        send_timeout_s=s.positive("send_timeout_s", float, 60.0),
+        max_connections=s.positive("max_connections", int),
+        header_timeout_s=s.positive("header_timeout_s", float),
+        body_timeout_s=s.positive("body_timeout_s", float),
+        drain_timeout_s=s.positive("drain_timeout_s", float),
+        send_timeout_s=s.positive("send_timeout_s", float),
     )
     s.done()
     return config

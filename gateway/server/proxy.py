@@ -115,6 +115,9 @@ class Proxy:
         self.metrics = metrics
         self._loop = asyncio.get_running_loop()
 
+    def reconfigure(self, config: GatewayConfig) -> None:
+        self.config = config
+
     async def forward(self, request: web.Request, call: Call) -> web.StreamResponse:
         tried: list[Backend] = []
         failed: list[_Retry] = []

@@ -3,7 +3,8 @@
 Backends are matched by name. One whose URL and models are unchanged is updated in place and keeps
 its health and in-flight count; a new one joins the rotation; one that left the config (or whose
 URL changed) stops taking requests while those it already has run to the end. Keys, limits,
-routing, admission and health settings change at once. An invalid file changes nothing.
+routing, admission and health settings change at once; a restart-only one (`config.RESTART_ONLY`)
+is reported as needing a restart and keeps its running value. An invalid file changes nothing.
 """
 
 from __future__ import annotations
@@ -24,20 +25,23 @@ from gateway.server.limits import Limiter
 from gateway.server.metrics import GatewayMetrics
 from gateway.server.policy import make_policy
 from gateway.server.proxy import Proxy
+from gateway.server.scrape import Scraper
 
 log = logging.getLogger("cardinal.gateway")
-
-# Settings bound when the gateway started (its socket, its server, its upstream session).
-RESTART_ONLY = ("host", "port", "server", "timeouts", "max_body_bytes")
 
 
 @dataclass(kw_only=True)
 class Live:
-    """What a reload swaps, and whether the gateway is draining before it stops."""
+    """The running config (restart-only settings as started), its keys, and whether the gateway
+    is draining before it stops."""
 
     config: GatewayConfig
     keyring: Keyring
     draining: bool = False
+
+    def reconfigure(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.keyring = Keyring(config.auth.keys)
 
 
 @dataclass(kw_only=True)
@@ -65,16 +69,19 @@ class Reloader:
         proxy: Proxy,
         prober: Prober,
         limiter: Limiter,
+        scraper: Scraper | None,
         metrics: GatewayMetrics,
         rng: random.Random,
         load: Callable[[], GatewayConfig] | None,
     ) -> None:
         self.live = live
+        self.loaded = live.config  # the file as last read: a reload reports what changed since
         self.backends = backends  # the app's list, changed in place: every part holds it
         self.admission = admission
         self.proxy = proxy
         self.prober = prober
         self.limiter = limiter
+        self.scraper = scraper
         self.metrics = metrics
         self.rng = rng
         self.load = load
@@ -98,21 +105,19 @@ class Reloader:
         return outcome
 
     def apply(self, new: GatewayConfig) -> Outcome:
-        old = self.live.config
-        outcome = Outcome(ok=True)
-        outcome.restart_needed = [f for f in RESTART_ONLY if getattr(old, f) != getattr(new, f)]
-        if (old.routing.policy == "engine_aware") != (new.routing.policy == "engine_aware"):
-            outcome.restart_needed.append("routing.policy (engine_aware scrapes from start)")
-        added = self._reconcile(new, outcome)
+        outcome = Outcome(ok=True, restart_needed=self.loaded.restart_changes(new))
+        self.loaded = new
+        config = self.live.config.reloaded(new)
+        added = self._reconcile(config, outcome)
         self.metrics.watch_backends(added)
-        self.admission.rebuild()
-        self.admission.config = new.admission
-        self.admission.policy = make_policy(new.routing, self.backends, rng=self.rng)
-        self.proxy.config = new
-        self.prober.reconfigure(new.health)
-        self.limiter.reconfigure(new.limits)
-        self.live.config = new
-        self.live.keyring = Keyring(new.auth.keys)
+        policy = make_policy(config.routing, self.backends, rng=self.rng)
+        self.admission.reconfigure(config.admission, policy)
+        self.proxy.reconfigure(config)
+        self.prober.reconfigure(config.health)
+        self.limiter.reconfigure(config.limits)
+        if self.scraper is not None:
+            self.scraper.reconfigure(config.routing.scrape_interval_s)
+        self.live.reconfigure(config)
         outcome.draining = [b.name for b in self.backends if b.draining]
         for b in self.backends:
             self.admission.wake(b)  # waiters may fit on a new backend or a raised max_inflight

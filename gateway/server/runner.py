@@ -24,7 +24,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway.server.app import config_key, create_app, live_key, metrics_key, reloader_key
+from gateway.server.app import create_app, live_key, metrics_key, reloader_key
 from gateway.server.bucket import LocalStore
 from gateway.server.config import GatewayConfig
 from gateway.server.connections import CappedSite
@@ -47,7 +47,7 @@ async def start(
     """Serve `app` on `sock`, or on host:port; the caller cleans the runner up.
 
     A gateway app gets its `server` settings: the connection cap, and the header timeout."""
-    server = app[config_key].server if config_key in app else None
+    server = app[live_key].config.server if live_key in app else None
     kwargs = {} if server is None else {"keepalive_timeout": server.header_timeout_s}
     # handler_cancellation: a client that disconnects cancels its handler, which closes the
     # upstream connection, which frees the engine's slot. keepalive_timeout also bounds how long

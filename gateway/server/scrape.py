@@ -72,9 +72,12 @@ class Scraper:
     ) -> None:
         self.backends = backends
         self.session = session
+        self._generated: dict[str, float] = {}
+        self.reconfigure(interval_s)
+
+    def reconfigure(self, interval_s: float) -> None:
         self.interval_s = interval_s
         self._timeout = aiohttp.ClientTimeout(total=max(1.0, interval_s * 2))
-        self._generated: dict[str, float] = {}
 
     async def run(self) -> None:
         while True:
