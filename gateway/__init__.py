@@ -23,8 +23,8 @@ Code map (one package per stage):
 - `calibrate/` measurements back into the plan: probe a real card, compare, refit the step model
                (`fit.py`, `silicon.py`).
 - `reports/`   the documents Cardinal writes about itself: docs/accuracy.md, docs/seeds.md.
-- `cli.py`     `cardinal`, the only module that reads argv, files and the environment
-               (`cli_search.py`, `cli_calibrate.py`: its plan search and calibrate commands).
+- `cli/`       `cardinal`, the only part that reads argv, files and the environment
+               (a package: `main`, shared argument types, one module per command).
 
 `loadtest/` (beside this package) is plain Locust and imports nothing from here.
 """

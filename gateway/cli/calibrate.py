@@ -12,13 +12,14 @@ from typing import Any
 from gateway import planfile
 from gateway.calibrate import calibration
 from gateway.calibrate.comparison import compare, render_comparison, workload_mismatch
+from gateway.cli.args import duration, positive
 from gateway.planner.catalog import Catalog
 from gateway.planner.errors import PlanError
 from gateway.planner.plan import Plan, PlanRequest, make_plan
 from gateway.planner.report import plan_dict
 
 
-def add_calibrate_parser(sub: Any, *, duration: Any, positive: Any) -> None:
+def add_calibrate_parser(sub: Any) -> None:
     cal = sub.add_parser(
         "calibrate",
         help="measure one real card: decode and prefill speed, highest QPS within the SLOs",

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from gateway import planfile
+from gateway.cli.args import positive
 from gateway.planner.capacity import Workload
 from gateway.planner.catalog import Catalog
 from gateway.planner.errors import PlanError
@@ -33,7 +34,7 @@ def names(text: str) -> tuple[str, ...]:
     return out
 
 
-def add_search_arguments(p: argparse.ArgumentParser, *, positive: Any) -> None:
+def add_search_arguments(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("search (which fleet is cheapest)")
     s.add_argument(
         "--search",
