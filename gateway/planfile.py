@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from gateway.errors import FieldError
+
 VERSION = 1
 
 # dotted key -> accepted types; every other part of Cardinal reads these.
@@ -67,10 +69,8 @@ WORKLOAD_KEYS = (
 FIT_KINDS = ("gpu", "tensor_parallel", "partial_offload", "moe_offload", "none")
 
 
-class PlanFileError(ValueError):
-    def __init__(self, message: str, *, field: str) -> None:
-        super().__init__(message)
-        self.field = field
+class PlanFileError(FieldError):
+    """A plan file that is not valid; `field` is the key at fault."""
 
 
 def dump(plan: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from gateway.errors import FieldError
 from gateway.planfile import lookup
 
 VERSION = 1
@@ -48,10 +49,8 @@ POSITIVE = (
 POINT = {"batch": (int,), "tokens_per_s": (int, float), "tpot_s": (int, float)}
 
 
-class CalibrationError(ValueError):
-    def __init__(self, message: str, *, field: str) -> None:
-        super().__init__(message)
-        self.field = field
+class CalibrationError(FieldError):
+    """A calibration file that is not valid; `field` is the key at fault."""
 
 
 def dump(data: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ from gateway import planfile
 from gateway.calibrate import calibration
 from gateway.calibrate.comparison import compare, render_comparison, workload_mismatch
 from gateway.cli.args import duration, positive
+from gateway.errors import UsageError
 from gateway.planner.catalog import Catalog
 from gateway.planner.errors import PlanError
 from gateway.planner.plan import Plan, PlanRequest, make_plan
@@ -93,8 +94,7 @@ def cmd_calibrate(args: argparse.Namespace, catalog: Catalog) -> int:
         try:
             data = calibrate(options, say=lambda line: print(line, flush=True))
         except ProbeError as e:
-            print(f"cardinal calibrate: error: --backend: {e}", file=sys.stderr)
-            return 2
+            raise UsageError(str(e), field="--backend") from None
     cap = data["capacity"]
     if not cap["per_card_qps"] > 0:
         print(

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import yaml
 
-from gateway import planfile
 from gateway.cli.args import (
     Parser,
 )
@@ -27,8 +26,8 @@ from gateway.cli.render import add_render_parser, cmd_render
 from gateway.cli.search import add_search_arguments
 from gateway.cli.serve import add_serve_parser, cmd_serve
 from gateway.cli.sim import add_sim_parser, cmd_sim
+from gateway.errors import FieldError
 from gateway.planner.catalog import load_catalog
-from gateway.planner.errors import PlanError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,11 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args, load_catalog())
-    except (PlanError, planfile.PlanFileError) as e:
-        flag = (
-            "--" + e.field.replace("_", "-").split(".")[0] if isinstance(e, PlanError) else e.field
-        )
-        print(f"cardinal {args.command}: error: {flag}: {e}", file=sys.stderr)
+    except FieldError as e:  # the one place an input error becomes a message and exit 2
+        print(f"cardinal {args.command}: error: {e.where()}: {e}", file=sys.stderr)
         return 2
     except yaml.YAMLError as e:
         print(f"cardinal {args.command}: error: not valid YAML: {e}", file=sys.stderr)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,19 +35,14 @@ def add_render_parser(sub: Any) -> None:
 
 def cmd_render(args: argparse.Namespace, catalog: Catalog) -> int:
     from gateway.render.bundle import render_all
-    from gateway.render.errors import RenderError
     from gateway.render.fleet import scaled
 
     plan = planfile.load(read_text(args.plan))
-    try:
-        files = render_all(
-            scaled(plan, args.replicas) if args.replicas else plan,
-            sim=args.sim,
-            source=_build_context(args.output),
-        )
-    except RenderError as e:
-        print(f"cardinal render: error: {e.field}: {e}", file=sys.stderr)
-        return 2
+    files = render_all(
+        scaled(plan, args.replicas) if args.replicas else plan,
+        sim=args.sim,
+        source=_build_context(args.output),
+    )
     only = [o.rstrip("/") for o in args.only]
     for rel, text in files.items():
         if only and not any(rel == o or rel.startswith(o + "/") for o in only):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway import planfile
+from gateway.errors import UsageError, cannot_listen
 from gateway.planner.catalog import Catalog
 from gateway.planner.errors import PlanError
 
@@ -112,12 +112,10 @@ def cmd_serve(args: argparse.Namespace, catalog: Catalog) -> int:
             config = replace(config, host=host, port=port)
     except gwconfig.ConfigError as e:
         flag = "--config" if args.config else "--listen" if e.field == "listen" else "--plan"
-        print(f"cardinal serve: error: {flag}: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e), field=flag) from None
     load = ConfigFile(path=args.config, listen=args.listen) if args.config else None
     try:
         serve(config, workers=args.workers, load=load)
     except OSError as e:  # the listen address taken or not ours: one line, like every other error
-        print(f"cardinal serve: error: --listen: cannot listen: {e.strerror or e}", file=sys.stderr)
-        return 2
+        raise cannot_listen("--listen", e) from None
     return 0

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway import planfile
+from gateway.errors import cannot_listen
 from gateway.planner.catalog import Catalog
 from gateway.planner.errors import PlanError
 
@@ -122,6 +122,5 @@ def cmd_sim(args: argparse.Namespace, catalog: Catalog) -> int:
     try:
         asyncio.run(serve_cards(configs, host=args.host, port=args.port))
     except OSError as e:  # a port taken: one line, like every other error
-        print(f"cardinal sim: error: --port: cannot listen: {e.strerror or e}", file=sys.stderr)
-        return 2
+        raise cannot_listen("--port", e) from None
     return 0

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from gateway.errors import FieldError
 
-class PlanError(ValueError):
-    """Input the planner cannot use; `field` names the flag or plan-file key at fault."""
 
-    def __init__(self, message: str, *, field: str) -> None:
-        super().__init__(message)
-        self.field = field
+class PlanError(FieldError):
+    """Input the planner cannot use; `field` names the request field at fault (`target_qps`),
+    shown as its flag (`--target-qps`)."""
+
+    def where(self) -> str:
+        return "--" + self.field.replace("_", "-").split(".")[0]

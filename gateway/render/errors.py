@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from gateway.errors import FieldError
 
-class RenderError(ValueError):
-    def __init__(self, message: str, *, field: str) -> None:
-        super().__init__(message)
-        self.field = field
+
+class RenderError(FieldError):
+    """A plan the renderer cannot turn into files; `field` is the key at fault."""

@@ -11,15 +11,15 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gateway.errors import FieldError
+
 POLICIES = ("round_robin", "least_outstanding", "engine_aware", "affinity")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _OWN = object()  # a getter's default: the one the section's dataclass gives the field
 
 
-class ConfigError(ValueError):
-    def __init__(self, message: str, *, field: str) -> None:
-        super().__init__(message)
-        self.field = field
+class ConfigError(FieldError):
+    """A gateway config that is not valid; `field` is the key at fault."""
 
 
 @dataclass(frozen=True, kw_only=True)

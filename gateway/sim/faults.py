@@ -12,14 +12,14 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from gateway.errors import FieldError
+
 DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m)?\s*$")
 UNIT_S = {"ms": 1e-3, "s": 1.0, "m": 60.0, None: 1.0}
 
 
-class FaultError(ValueError):
-    def __init__(self, message: str, *, field: str) -> None:
-        super().__init__(message)
-        self.field = field
+class FaultError(FieldError):
+    """A fault spec the simulated card cannot inject; `field` is the key at fault."""
 
 
 @dataclass(frozen=True, kw_only=True)
