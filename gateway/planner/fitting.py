@@ -52,8 +52,10 @@ DENSE_KNOBS: dict[str, Knob] = {
     "decode.hbm.t_seq_us": _decode("t_seq_us"),
     "prefill_eta.hbm": _prefill_eta(),
     "decode.hbm.allreduce_latency_us": _decode("allreduce_latency_us"),
-    "decode.hbm.gemm_half_tokens": _decode("gemm_half_tokens"),
 }
+# Not fitted: the GEMM-efficiency curve (decode.hbm.gemm_half_tokens) gives a batch-1 step the
+# compute of `gemm_half_tokens` tokens; fitted on 70B FP8 rows it reached 134, which made a 7B on
+# A100 (FP16 peak) compute-bound at 11 ms a token, five times its weight reads. It stays 0.
 MOE_KNOBS: dict[str, Knob] = {
     "moe_layer_ms": _engine("moe_layer_ms"),
     "moe_token_us": _engine("moe_token_us"),
@@ -82,7 +84,6 @@ START = {
     "decode.hbm.t_seq_us": 10.0,
     "prefill_eta.hbm": 0.55,
     "decode.hbm.allreduce_latency_us": 10.0,
-    "decode.hbm.gemm_half_tokens": 100.0,
     "moe_layer_ms": 0.45,
     "moe_token_us": 1.0,
     "request_layer_ms": 1.0,
