@@ -13,6 +13,17 @@ import aiohttp
 from aiohttp import web
 
 from gateway.server.admission import Admission
+from gateway.server.attempt import (
+    RETRY_STATUS,
+    BrokenStream,
+    Retry,
+    describe,
+    error_message,
+    failed_alike,
+    is_connect,
+    retry_after_seconds,
+    well_formed,
+)
 from gateway.server.backend import Backend
 from gateway.server.config import GatewayConfig
 from gateway.server.errors import (
@@ -25,25 +36,14 @@ from gateway.server.errors import (
 )
 from gateway.server.metrics import GatewayMetrics
 from gateway.server.policy import RouteRequest
-from gateway.server.sse import EVENT_END, SSE_FIELDS, EventFramer, StreamMeter, usage
+from gateway.server.sse import EVENT_END, EventFramer, StreamMeter, usage
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",  # tells nginx (and kin) in front of us not to buffer either
 }
-# Upstream statuses worth another backend: nothing has reached the client yet, and the request
-# either never ran there (429, 503) or the server is failing (500, 502, 504).
-RETRY_STATUS = {
-    429: "busy",
-    500: "server_error",
-    502: "bad_gateway",
-    503: "unavailable",
-    504: "timeout",
-}
-# Failures that the request itself may cause (a prompt the engine chokes on, a prefill longer than
-# the read timeout): the same one on two backends ends the request there, with their answer.
-REQUEST_FAULTS = {"server_error", "bad_gateway", "timeout", "malformed"}
+
 UPSTREAM_ERRORS = (aiohttp.ClientError, TimeoutError)
 MAX_FIRST_EVENT = 1 << 20  # a first event larger than this is not one
 # llama-server closes the connection after every streamed answer though it announced keep-alive;
@@ -63,10 +63,6 @@ class Tally:
     completion: int = 0
 
 
-class BrokenStream(Exception):
-    """A backend's SSE stream that is not one: garbage, or cut short without `[DONE]`."""
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Call:
     """One client request as the proxy needs it."""
@@ -79,25 +75,6 @@ class Call:
     start_s: float
     headers: Mapping[str, str] = field(default_factory=dict)  # for the client's response
     tally: Tally = field(default_factory=Tally)
-
-
-class _Retry(Exception):
-    """This attempt failed before any byte reached the client."""
-
-    def __init__(
-        self,
-        reason: str,
-        message: str,
-        *,
-        timeout: bool = False,
-        status: int | None = None,
-        retry_after_s: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.timeout = timeout
-        self.status = status  # the backend's answer, when it answered
-        self.retry_after_s = retry_after_s  # a 429's Retry-After, when it gave one
 
 
 class Proxy:
@@ -120,7 +97,7 @@ class Proxy:
 
     async def forward(self, request: web.Request, call: Call) -> web.StreamResponse:
         tried: list[Backend] = []
-        failed: list[_Retry] = []
+        failed: list[Retry] = []
         for _ in range(self.config.max_attempts):
             try:
                 backend, waited = await self.admission.acquire(call.route, exclude=tried)
@@ -132,16 +109,16 @@ class Proxy:
             call.tally.attempts = len(tried)
             try:
                 return await self._attempt(request, call, backend, waited)
-            except _Retry as e:
+            except Retry as e:
                 self.metrics.child(self.metrics.retries, backend.name, e.reason).inc()
                 failed.append(e)
-                if _twice(failed):
+                if failed_alike(failed):
                     break
             finally:
                 self.admission.release(backend)
         raise self._gave_up(call, failed)
 
-    def _gave_up(self, call: Call, failed: Sequence[_Retry]) -> GatewayError:
+    def _gave_up(self, call: Call, failed: Sequence[Retry]) -> GatewayError:
         """The error for a request no backend served: theirs when all were busy or when two
         failed it alike, else the gateway's 502 (504 after a timeout)."""
         last, n = failed[-1], len(failed)
@@ -153,7 +130,7 @@ class Proxy:
                 f"every backend serving `{call.route.model}` is busy ({n} tried); last: {last}",
                 retry_after_s=max(1, wait),
             )
-        if _twice(failed):
+        if failed_alike(failed):
             message = f"{n} backends failed this request alike, so it is not retried: {last}"
             if last.status is not None:
                 return RequestFailed(message, status=last.status)
@@ -308,7 +285,7 @@ class Proxy:
         raise AssertionError("unreachable")
 
     async def _first_event(self, backend: Backend, content: aiohttp.StreamReader) -> bytes:
-        """What the backend sent up to its first whole SSE event, checked; _Retry if broken."""
+        """What the backend sent up to its first whole SSE event, checked; Retry if broken."""
         head = b""
         while not EVENT_END.search(head) and len(head) < MAX_FIRST_EVENT:
             try:
@@ -319,10 +296,10 @@ class Proxy:
                 break
             head += chunk
         first = EVENT_END.split(head, maxsplit=1)[0]
-        if not EVENT_END.search(head) or not _well_formed(first):
+        if not EVENT_END.search(head) or not well_formed(first):
             error = BrokenStream(f"malformed SSE: {head[:80]!r}")
             self._strike(backend, error)
-            raise _Retry("malformed", f"{backend.name}: {error}")
+            raise Retry("malformed", f"{backend.name}: {error}")
         return head
 
     def _headers(self, call: Call, base: Mapping[str, str]) -> dict[str, str]:
@@ -347,9 +324,7 @@ class Proxy:
         else:
             self._eject(backend, error)
         self.metrics.child(self.metrics.stream_errors, backend.name).inc()
-        body = UpstreamFailed(
-            f"backend {backend.name} failed mid-stream: {_describe(error)}"
-        ).body()
+        body = UpstreamFailed(f"backend {backend.name} failed mid-stream: {describe(error)}").body()
         try:
             await resp.write(b"data: " + json.dumps(body).encode() + b"\n\n")
             await resp.write_eof()
@@ -357,22 +332,22 @@ class Proxy:
             pass  # the client left too; nothing to tell
         self._finish(call, backend, "502", self._loop.time(), meter)
 
-    async def _refused(self, backend: Backend, up: aiohttp.ClientResponse) -> _Retry:
-        text = _message(await up.read())
+    async def _refused(self, backend: Backend, up: aiohttp.ClientResponse) -> Retry:
+        text = error_message(await up.read())
         now = self._loop.time()
         h = self.config.health
         if up.status == 503:
             backend.warming(f"503: {text}", now=now, base_s=h.interval_s)
         elif up.status != 429:
             self._strike(backend, f"{up.status}: {text}")
-        return _Retry(
+        return Retry(
             RETRY_STATUS[up.status],
             f"{backend.name} answered {up.status}: {text}",
             status=up.status,
-            retry_after_s=_seconds(up.headers.get("Retry-After")),
+            retry_after_s=retry_after_seconds(up.headers.get("Retry-After")),
         )
 
-    def _failed(self, backend: Backend, error: BaseException) -> _Retry:
+    def _failed(self, backend: Backend, error: BaseException) -> Retry:
         """A call that got no answer: a refused or reset connection is the backend's (out at
         once); a timeout may be the request's (a strike)."""
         timeout = isinstance(error, TimeoutError)
@@ -380,13 +355,13 @@ class Proxy:
             self._strike(backend, error)
         else:
             self._eject(backend, error)
-        reason = "timeout" if timeout else "connect" if _is_connect(error) else "disconnect"
-        return _Retry(reason, f"{backend.name}: {_describe(error)}", timeout=timeout)
+        reason = "timeout" if timeout else "connect" if is_connect(error) else "disconnect"
+        return Retry(reason, f"{backend.name}: {describe(error)}", timeout=timeout)
 
     def _strike(self, backend: Backend, error: BaseException | str) -> None:
         h = self.config.health
         backend.strike(
-            error if isinstance(error, str) else _describe(error),
+            error if isinstance(error, str) else describe(error),
             now=self._loop.time(),
             threshold=h.failure_threshold,
             base_s=h.interval_s,
@@ -396,7 +371,7 @@ class Proxy:
     def _eject(self, backend: Backend, error: BaseException) -> None:
         h = self.config.health
         backend.eject(
-            _describe(error), now=self._loop.time(), base_s=h.interval_s, max_s=h.max_backoff_s
+            describe(error), now=self._loop.time(), base_s=h.interval_s, max_s=h.max_backoff_s
         )
 
     def _finish(
@@ -420,55 +395,3 @@ class Proxy:
         for kind, key in (("prompt", "prompt_tokens"), ("completion", "completion_tokens")):
             if counts.get(key):
                 m.child(m.tokens, model, kind).inc(counts[key])
-
-
-def _well_formed(event: bytes) -> bool:
-    """An SSE event whose data, if any, is `[DONE]` or a JSON object."""
-    data = [line[5:].strip() for line in event.splitlines() if line.startswith(b"data:")]
-    bad = [line for line in event.splitlines() if line and not line.startswith(SSE_FIELDS)]
-    if bad:
-        return False
-    if not data:
-        return True  # comments or `event:` lines only, as a keep-alive
-    payload = b"\n".join(data)
-    if payload == b"[DONE]":
-        return True
-    try:
-        return isinstance(json.loads(payload), dict)
-    except ValueError:
-        return False
-
-
-def _twice(failed: Sequence[_Retry]) -> bool:
-    """Did the latest failure happen before, on another backend, in a way the request may cause?"""
-    last = failed[-1]
-    return last.reason in REQUEST_FAULTS and any(f.reason == last.reason for f in failed[:-1])
-
-
-def _message(payload: bytes) -> str:
-    """A backend's error, short: the `message` of OpenAI's shape (or vLLM's older flat one)."""
-    try:
-        body = json.loads(payload)
-        error = body.get("error", body)
-        message = error.get("message") if isinstance(error, dict) else error
-    except (ValueError, AttributeError):
-        message = None
-    text = message if isinstance(message, str) else payload.decode(errors="replace")
-    return text[:200]
-
-
-def _seconds(retry_after: str | None) -> float | None:
-    """Retry-After in seconds (an HTTP date is not worth parsing here: None)."""
-    try:
-        value = float(retry_after) if retry_after is not None else math.nan
-    except ValueError:
-        return None
-    return max(0.0, value) if math.isfinite(value) else None
-
-
-def _is_connect(error: BaseException) -> bool:
-    return isinstance(error, aiohttp.ClientConnectorError)
-
-
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

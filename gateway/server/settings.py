@@ -1,0 +1,141 @@
+"""What a gateway config holds: frozen dataclasses whose defaults are the gateway's defaults
+(config.py reads `gateway.yaml` into them, taking every default from here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+POLICIES = ("round_robin", "least_outstanding", "engine_aware", "affinity")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackendConfig:
+    name: str
+    url: str  # scheme://host:port, no trailing slash
+    models: tuple[str, ...]
+    max_inflight: int = 64
+    weight: float = 1.0  # relative capacity: a card twice as fast gets 2
+    api_key: str | None = None  # resolved from `api_key_env` by the CLI
+    drain: bool = False  # in-flight requests finish, new ones go elsewhere
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoutingConfig:
+    policy: str = "least_outstanding"
+    affinity_header: str = "x-session-id"  # affinity: this header, else `user`, else prefix
+    prefix_chars: int = 256  # affinity falls back to hashing this much of the prompt
+    load_factor: float = 1.25  # affinity: no backend above this times the mean load
+    scrape_interval_s: float = 0.5  # engine_aware: how often backends' /metrics are read
+
+
+@dataclass(frozen=True, kw_only=True)
+class HealthConfig:
+    path: str = "/health"
+    interval_s: float = 1.0  # first re-probe of an ejected backend; doubles per failure
+    max_backoff_s: float = 30.0
+    timeout_s: float = 2.0
+    # Failed answers in a row (5xx, timeouts, broken streams) that eject a backend, as Envoy's
+    # consecutive_5xx: one bad request must not take a backend, or the fleet, out.
+    failure_threshold: int = 5
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdmissionConfig:
+    queue_size: int = 256  # requests waiting for a free slot, all backends together
+    queue_timeout_s: float = 5.0  # longest wait for a slot before 429
+    retry_after_s: int = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class TimeoutConfig:
+    connect_s: float = 3.0
+    read_s: float = 600.0  # between two reads: a long prefill under load is silent this long
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeyLimits:
+    """Per client key; None: no limit. Buckets refill continuously; a burst is their size."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None  # prompt + completion, settled when the answer ends
+    max_concurrent: int | None = None
+    burst_requests: int | None = None  # default: a minute's worth, as OpenAI's limits behave
+    burst_tokens: int | None = None
+
+    def over(self, default: KeyLimits) -> KeyLimits:
+        """These limits, each one not set taken from `default`."""
+        return KeyLimits(
+            **{
+                f: getattr(self, f) if getattr(self, f) is not None else getattr(default, f)
+                for f in self.__dataclass_fields__
+            }
+        )
+
+    @property
+    def any(self) -> bool:
+        return any(getattr(self, f) for f in self.__dataclass_fields__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientKey:
+    """A client's key, kept only as its SHA-256 hex digest."""
+
+    name: str
+    sha256: str
+    limits: KeyLimits = field(default_factory=KeyLimits)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthConfig:
+    keys: tuple[ClientKey, ...] = ()  # none: the API is open, and per-key limits do not apply
+
+
+@dataclass(frozen=True, kw_only=True)
+class LimitsConfig:
+    default: KeyLimits = field(default_factory=KeyLimits)
+    redis_url: str | None = None  # shared by every replica; None: limits live in this process
+    redis_timeout_s: float = 0.5  # a slow Redis must not become a slow gateway
+    redis_retry_s: float = 2.0  # after a Redis error, local limits this long before trying again
+    concurrency_lease_s: float = 900.0  # a replica that dies leaves its slots taken this long
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    max_connections: int = 4096  # open client connections; beyond it, 503 and close
+    header_timeout_s: float = 15.0  # a request's head (and an idle keep-alive) within this
+    body_timeout_s: float = 30.0  # the whole body within this, else 408
+    drain_timeout_s: float = 30.0  # SIGTERM: in-flight requests get this long to finish
+    send_timeout_s: float = 60.0  # a stream whose client reads nothing this long is cut (nginx's)
+
+
+# Settings bound when the gateway starts (its socket, its server, its upstream session): a reload
+# reports a change to one of them as needing a restart, and the running gateway keeps its value.
+RESTART_ONLY = ("host", "port", "server", "timeouts", "max_body_bytes")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    backends: tuple[BackendConfig, ...]
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    timeouts: TimeoutConfig = field(default_factory=TimeoutConfig)
+    max_attempts: int = 3  # backends tried per request, first included
+    max_body_bytes: int = 8 * 1024 * 1024
+    admin_key: str | None = None  # resolved from `admin.key_env`; None: /admin is closed
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+    def restart_changes(self, new: GatewayConfig) -> list[str]:
+        """The settings that differ in `new` and only a restart applies."""
+        changed = [f for f in RESTART_ONLY if getattr(self, f) != getattr(new, f)]
+        if (self.routing.policy == "engine_aware") != (new.routing.policy == "engine_aware"):
+            changed.append("routing.policy (engine_aware scrapes from start)")
+        return changed
+
+    def reloaded(self, new: GatewayConfig) -> GatewayConfig:
+        """`new` as a running gateway applies it: the restart-only settings stay as they are."""
+        return replace(new, **{f: getattr(self, f) for f in RESTART_ONLY})
