@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from gateway.errors import FieldError
+from gateway.planner.capacity import Workload  # the plan's workload is the planner's
 
 VERSION = 1
 
@@ -139,16 +140,6 @@ def lookup(
             raise error(f"`{dotted}` is missing", field=dotted)
         node = node[part]
     return node
-
-
-@dataclass(frozen=True, kw_only=True)
-class Workload:
-    prompt_tokens: int
-    output_tokens: int
-    target_qps: float
-    ttft_slo_s: float
-    tpot_slo_s: float
-    headroom: float
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -57,15 +57,7 @@ def card_from_plan(catalog: Catalog, plan: PlanFile | Mapping[str, Any]) -> Card
     inputs, fit = p.inputs, p.fit
     if not p.fits:
         raise PlanFileError(f"the plan does not fit: {fit.get('reason')}", field="fit.kind")
-    w = p.workload
-    workload = Workload(
-        prompt_tokens=w.prompt_tokens,
-        output_tokens=w.output_tokens,
-        target_qps=w.target_qps,
-        ttft_slo_s=w.ttft_slo_s,
-        tpot_slo_s=w.tpot_slo_s,
-        headroom=w.headroom,
-    )
+    workload = p.workload
     try:
         req = request_for(
             catalog,
