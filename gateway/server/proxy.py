@@ -223,7 +223,7 @@ class Proxy:
                 meter.feed(events, loop.time())
                 last = events[-64:]
                 try:
-                    await self._send(resp, events, request.transport)
+                    await self._send(resp, events)
                 except ConnectionResetError:
                     self._finish(call, backend, "499", loop.time(), meter)  # "client closed"
                     return resp
@@ -243,25 +243,16 @@ class Proxy:
             return resp
         backend.answered()
         try:
-            await self._send(resp, None, request.transport)
+            await self._send(resp, None)
         except TimeoutError:
             self._stalled(request, call, backend, meter)
             return resp
         self._finish(call, backend, "200", loop.time(), meter)
         return resp
 
-    async def _send(
-        self, resp: web.StreamResponse, data: bytes | None, transport: asyncio.Transport | None
-    ) -> None:
+    async def _send(self, resp: web.StreamResponse, data: bytes | None) -> None:
         """Write (None: end the stream) unless the client stops reading for the send timeout,
-        as nginx's send_timeout: a client that reads nothing must not hold a slot for good.
-        A write only waits when the socket's buffer passes its high-water mark, so the timer is
-        armed only then, not for every event of every stream."""
-        if data is not None and transport is not None:
-            high = transport.get_write_buffer_limits()[1]
-            if transport.get_write_buffer_size() + len(data) <= high:
-                await resp.write(data)
-                return
+        as nginx's send_timeout: a client that reads nothing must not hold a slot for good."""
         async with asyncio.timeout(self.config.server.send_timeout_s):
             if data is None:
                 await resp.write_eof()
