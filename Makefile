@@ -65,6 +65,7 @@ accuracy: $(STAMP)
 serving-data: $(STAMP)
 	$(BIN)/pip install --quiet aiconfigurator-core==0.12.0
 	$(BIN)/python -m gateway.calibrate.silicon -o gateway/planner/data/serving.csv
+	$(BIN)/python -m gateway.calibrate.silicon_scale -o gateway/planner/data/scale_silicon.csv
 
 fit: $(STAMP)
 	$(BIN)/python -m gateway.calibrate.fit

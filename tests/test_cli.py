@@ -156,3 +156,11 @@ def test_model_config_missing_layers(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert code == 2
     assert "--model-config" in err and "num_hidden_layers" in err
     assert "Traceback" not in err
+
+
+def test_an_output_that_cannot_be_written_names_the_flag(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, err = cardinal([*PLAN_32B, "-o", str(tmp_path / "missing" / "fleet.yaml")], capsys)
+    assert code == 2
+    assert "error: -o: cannot write" in err and "Traceback" not in err

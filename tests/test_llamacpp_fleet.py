@@ -35,9 +35,11 @@ def rendered_command(deploy: Path) -> list[str]:
 
 def for_this_machine(words: list[str], *, model: Path, port: int) -> list[str]:
     """The rendered words with only what must change here: the binary's path, the local tiny
-    GGUF for `-hf` (no downloads), a port, loopback. GPU flags (-ngl) stay: the CPU build
-    accepts them and offloads nothing."""
-    out = [str(binary())]
+    GGUF for `-hf` (no downloads), a port, loopback, and one thread each (two servers share a
+    small machine with the gateway and Locust: llama.cpp's default of a thread per core makes
+    them spin against each other). GPU flags (-ngl) stay: the CPU build accepts them and
+    offloads nothing."""
+    out = [str(binary()), "-t", "1", "-tb", "1"]
     rest = iter(words[1:])
     for w in rest:
         if w == "-hf":

@@ -17,7 +17,7 @@ from gateway.render.bundle import render_all
 from gateway.render.engine import llama_server_args, vllm_args
 from gateway.render.errors import RenderError
 from gateway.render.fleet import fleet_from_plan, scaled
-from gateway.render.gateway_config import serve_data
+from gateway.render.gateway_config import render_gateway_config, serve_data
 from gateway.server import config as gwconfig
 from gateway.server import metrics as gwmetrics
 
@@ -218,3 +218,16 @@ def test_serve_data_makes_one_backend_per_url_with_the_engine_batch() -> None:
         ("card-1", "http://h:8002", 96),
     ]
     assert c.backends[0].models == ("deepseek-r1-distill-qwen-7b",) and c.port == 8080
+
+
+def test_serve_plan_runs_the_gateway_config_render_writes() -> None:
+    # one function turns a plan into a gateway config: `serve --plan` and `prove` run what
+    # `render` deploys (engine-aware routing, admission sized from the plan), names aside
+    plan = plan_of("vllm-awq")
+    urls = ["http://h:8001", "http://h:8002"]
+    served = serve_data(plan, urls=urls, listen="0.0.0.0:8080")
+    rendered = yaml.safe_load(render_gateway_config(plan, urls=urls, listen="0.0.0.0:8080"))
+    for b in served["backends"] + rendered["backends"]:
+        del b["name"]
+    assert served == rendered
+    assert served["routing"] == {"policy": "engine_aware"}

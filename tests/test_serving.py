@@ -186,3 +186,15 @@ def test_the_simulated_card_takes_the_plans_token_budget() -> None:
     card = card_from_plan(load_catalog(), d)
     assert card.engine.max_num_batched_tokens == 2048
     assert card.speed.max_num_batched_tokens == 2048
+
+
+def test_measured_prompt_share_is_the_rows_own_prompt_flops_over_peak() -> None:
+    from gateway.planner.serving import measured_prompt_share
+
+    cat = load_catalog()
+    [row] = [r for r in read_serving_rows() if r.model == "llama-3.1-8b" and r.gpu == "h200"][:1]
+    s = setup(cat, row)
+    assert not isinstance(s, str)
+    rate = row.concurrency / (row.ttft_s + (row.osl - 1) * row.tpot_s)
+    by_hand = rate * row.isl * 2 * s.speed.active_params / (row.tp * 1979e12)  # H200 FP8 dense
+    assert measured_prompt_share(s.speed, row) == pytest.approx(by_hand, rel=0.01)

@@ -1,5 +1,6 @@
-"""`make fit`: the TP engine's step-model constants fitted to serving.csv's `fit` split, printed
-beside the values engines.yaml holds (copy them there by hand, with the date)."""
+"""`make fit`: the TP engine's step-model constants fitted to serving.csv's `fit` split, and the
+at-scale ones to scale_reference.csv's, printed beside the values engines.yaml and scale.yaml
+hold (copy them there by hand, with the date)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ from gateway.planner.fitting import (
     DENSE_KNOBS,
     MOE_KNOBS,
     PROFILED_KNOBS,
+    SCALE_KNOBS,
     TTFT_KNOBS,
     fit_profiled,
+    fit_scale,
     fit_tp_engine,
 )
 from gateway.planner.profiled import installed
+from gateway.planner.scale import load_knobs
 
 
 def write_error_table() -> Path:
@@ -48,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label}: {res.rows} rows, loss {res.loss:.4f}")
         for name, (get, _) in knobs.items():
             print(f"  {name}: fitted {res.values[name]:.4g} (engines.yaml {get(shipped):.4g})")
+    res = fit_scale(catalog)
+    print(f"at scale (EP/DP, PD): {res.rows} rows, loss {res.loss:.4f}")
+    shipped_scale = load_knobs()
+    for name in SCALE_KNOBS:
+        held = getattr(shipped_scale, name)
+        print(f"  {name}: fitted {res.values[name]:.4g} (scale.yaml {held:.4g})")
     if installed():
         res = fit_profiled(catalog)
         print(f"profiled: {res.rows} rows, loss {res.loss:.4f}")

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 
 from gateway.calibrate import calibration, probe
-from gateway.prove.proof import SWEEP_PRECISION, SWEEP_STEP, search_rate
+from gateway.prove.proof import SWEEP_PRECISION, SWEEP_STEP, SweepVoid, search_rate
 from gateway.prove.trial import Trial, run_trial, wait_idle
 
 # The rate search starts at this share of what the best decode point could sustain with no
@@ -48,7 +48,10 @@ def calibrate(o: CalibrateOptions, *, say: Callable[[str], None] = print) -> dic
     model, engine, decode, prefill = asyncio.run(_speeds(o, say=say))
     start = o.start_qps or START_SHARE * max(p["tokens_per_s"] for p in decode) / o.output_tokens
     say(f"rate search from {start:.2f} QPS, {o.duration_s:.0f} s a trial, at most {o.max_trials}")
-    trials = search_rate(lambda q: _trial(o, model, q, say=say), start, max_trials=o.max_trials)
+    try:
+        trials = search_rate(lambda q: _trial(o, model, q, say=say), start, max_trials=o.max_trials)
+    except SweepVoid as e:
+        raise probe.ProbeError(str(e)) from None
     best = max((t.target_qps for t in trials if t.passed), default=0.0)
     return {
         "version": calibration.VERSION,

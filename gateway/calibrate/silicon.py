@@ -17,7 +17,7 @@ import argparse
 import csv
 import io
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 # HF repo -> catalog model id; other models are not in Cardinal's catalog yet
@@ -115,9 +115,9 @@ def convert(rows: Iterable[dict[str, str]]) -> list[dict[str, str]]:
     return out
 
 
-def render(rows: list[dict[str, str]]) -> str:
+def render(rows: list[dict[str, str]], fields: Sequence[str] = FIELDS) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()

@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
+from gateway.errors import UsageError
 from gateway.planner.errors import PlanError
-
-if TYPE_CHECKING:
-    pass
 
 
 def duration(text: str) -> float:
@@ -82,3 +80,11 @@ def read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except OSError as e:
         raise PlanError(f"cannot read {path}: {e.strerror}", field="plan") from None
+
+
+def write_text(path: Path, text: str, *, flag: str = "-o") -> None:
+    """Write an output file; a path that cannot be written is an error naming `flag`."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror or e}", field=flag) from None

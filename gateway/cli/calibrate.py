@@ -12,7 +12,7 @@ from typing import Any
 from gateway import planfile
 from gateway.calibrate import calibration
 from gateway.calibrate.comparison import compare, render_comparison, workload_mismatch
-from gateway.cli.args import duration, positive
+from gateway.cli.args import duration, positive, write_text
 from gateway.errors import UsageError
 from gateway.planner.catalog import Catalog
 from gateway.planner.errors import PlanError
@@ -103,7 +103,7 @@ def cmd_calibrate(args: argparse.Namespace, catalog: Catalog) -> int:
             file=sys.stderr,
         )
         return 1
-    args.output.write_text(calibration.dump(data), encoding="utf-8")
+    write_text(args.output, calibration.dump(data))
     print(
         f"capacity: {cap['replica_qps']:g} QPS per replica = {cap['per_card_qps']:g} QPS per card"
         f"\ncalibration written to {args.output}"

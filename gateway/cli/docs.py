@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway import planfile
+from gateway.cli.args import (
+    read_text,
+    write_text,
+)
 from gateway.cli.calibrate import (
     calibration_text,
 )
@@ -13,12 +17,6 @@ from gateway.planner.accuracy import check_all, summary
 from gateway.planner.catalog import Catalog
 from gateway.planner.report import render_text
 from gateway.reports.accuracy import ACCURACY_HEADER, render_document
-
-if TYPE_CHECKING:
-    pass
-from gateway.cli.args import (
-    read_text,
-)
 
 
 def cmd_catalog(args: argparse.Namespace, catalog: Catalog) -> int:
@@ -52,7 +50,7 @@ def cmd_accuracy(args: argparse.Namespace, catalog: Catalog) -> int:
     table = render_document(catalog, checks)
     print(table, end="")
     if args.output:
-        args.output.write_text(ACCURACY_HEADER + table, encoding="utf-8")
+        write_text(args.output, ACCURACY_HEADER + table)
     size, decode = summary(checks, "size"), summary(checks, "decode_tps")
     ok = (
         (size["median_abs_error"] or 1) <= 0.03
@@ -71,7 +69,7 @@ def cmd_seeds(args: argparse.Namespace, catalog: Catalog) -> int:
 
     text = render_seeds(catalog)
     if args.output:
-        args.output.write_text(text, encoding="utf-8")
+        write_text(args.output, text)
         print(f"written to {args.output}")
     else:
         print(text, end="")

@@ -5,29 +5,28 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from gateway import planfile
-from gateway.cli.calibrate import (
-    calibrated_plan,
-    calibration_text,
-)
-from gateway.planner.catalog import Catalog, Model, model_from_hf_config
-from gateway.planner.errors import PlanError
-from gateway.planner.kvcache import MLA_LAYOUTS
-from gateway.planner.plan import ESTIMATORS, KV_DTYPES, PlanRequest, make_plan, request_for
-from gateway.planner.report import plan_dict, render_text
-
-if TYPE_CHECKING:
-    pass
 from gateway.cli.args import (
     duration,
     fraction,
     positive,
     qps_list,
     unit_fraction,
+    write_text,
+)
+from gateway.cli.calibrate import (
+    calibrated_plan,
+    calibration_text,
 )
 from gateway.cli.search import check_flags, cmd_search, workload_from_args
+from gateway.planner.catalog import Catalog, Model, model_from_hf_config
+from gateway.planner.errors import PlanError
+from gateway.planner.kvcache import MLA_LAYOUTS
+from gateway.planner.plan import ESTIMATORS, KV_DTYPES, PlanRequest, make_plan, request_for
+from gateway.planner.report import plan_dict, render_text
+from gateway.planner.scale_report import LAYOUTS, MTP_MODES, at_scale, render_at_scale
 
 
 def add_plan_arguments(p: argparse.ArgumentParser) -> None:
@@ -126,6 +125,28 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     )
     k.add_argument("--cpu-ram", type=positive(float), help="host RAM in GiB (limits offload)")
     k.add_argument("--api-model", help="litellm key of the hosted API to compare against")
+    x = p.add_argument_group("MoE at scale (DeepSeek: expert parallelism, DP attention, PD, MTP)")
+    x.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="auto",
+        help="auto: the tensor-parallel plan and, for DeepSeek-style MoE models on HBM GPUs, the "
+        "cheapest EP/DP and prefill/decode-disaggregated layouts beside it; tp: only the former; "
+        "ep or pd: only that kind of layout at scale",
+    )
+    x.add_argument(
+        "--mtp",
+        choices=MTP_MODES,
+        default="auto",
+        help="multi-token prediction at scale: auto tries with and without (models with an MTP "
+        "module), on or off forces it",
+    )
+    x.add_argument(
+        "--spec-accept",
+        type=unit_fraction,
+        metavar="F",
+        help="acceptance rate of the MTP draft token (default 0.85: DeepSeek-V3 reports 85-90 %%)",
+    )
 
 
 def request_from_args(args: argparse.Namespace, catalog: Catalog) -> PlanRequest:
@@ -197,12 +218,32 @@ def cmd_plan(args: argparse.Namespace, catalog: Catalog) -> int:
         data = plan_dict(plan)
     if args.model_config:
         data["inputs"]["model_config"] = json.loads(args.model_config.read_text(encoding="utf-8"))
+    scale = _at_scale(args, plan, catalog)
+    if scale:
+        data["at_scale"] = scale
     if args.output:
-        args.output.write_text(planfile.dump(data), encoding="utf-8")
-    print(
-        json.dumps(data, indent=2) if args.json else render_text(data) + calibration_text(data),
-        end="" if not args.json else "\n",
-    )
+        write_text(args.output, planfile.dump(data))
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        tp_gpus = data["fleet"]["gpus"] if plan.fit.ok else None
+        text = "\n".join(render_at_scale(scale, tp_gpus=tp_gpus))
+        print(render_text(data) + (text + "\n" if text else "") + calibration_text(data), end="")
     if args.output and not args.json:
         print(f"\nplan written to {args.output}")
-    return 0 if plan.fit.ok else 1
+    return 0 if plan.fit.ok or (scale and scale["layouts"]) else 1
+
+
+def _at_scale(args: argparse.Namespace, plan: Any, catalog: Catalog) -> dict[str, Any] | None:
+    req = plan.request
+    return at_scale(
+        catalog,
+        model=req.model,
+        quant=req.quant.id,
+        gpu=req.gpu.id,
+        workload=req.workload,
+        layout=args.layout,
+        mtp=args.mtp,
+        accept=args.spec_accept,
+        price=args.gpu_price,
+    )

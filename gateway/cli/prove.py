@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gateway.planner.catalog import Catalog
-from gateway.planner.errors import PlanError
-
-if TYPE_CHECKING:
-    pass
 from gateway.cli.args import (
     duration,
     positive,
     read_text,
 )
+from gateway.planner.catalog import Catalog
+from gateway.planner.errors import PlanError
 
 
 def add_prove_parser(sub: Any) -> None:
@@ -39,14 +37,27 @@ def add_prove_parser(sub: Any) -> None:
     )
     prove.add_argument("--report", type=Path, default=Path("report"), help="report directory")
     prove.add_argument("--tokens-per-event", type=positive(int), default=4)
+    prove.add_argument(
+        "--at-scale",
+        action="store_true",
+        help="prove the plan's at-scale layout (EP groups, or PD prefill and decode workers) "
+        "instead of its replicas; --cards then counts decode workers or EP groups",
+    )
 
 
 def cmd_prove(args: argparse.Namespace, catalog: Catalog) -> int:
-    from gateway.prove.fleet import FleetError
+    from gateway.prove.fleet import FleetError, new_run
     from gateway.prove.proof import ProveOptions, prove
 
     if args.gateway and args.backends:
         raise PlanError("give --gateway or --backends, not both", field="gateway")
+    if args.cards and args.backends and args.cards != len(args.backends):
+        # the run would use every backend while its report and per-card figures said N
+        raise PlanError(
+            f"{args.cards} cards but {len(args.backends)} --backends: give one or the other, "
+            "or as many backends as cards",
+            field="cards",
+        )
     read_text(args.plan)
     options = ProveOptions(
         plan_path=args.plan,
@@ -58,10 +69,38 @@ def cmd_prove(args: argparse.Namespace, catalog: Catalog) -> int:
         gateway=args.gateway,
         sweep=args.sweep,
         check_minimal=args.check_minimal,
+        at_scale=args.at_scale,
         tokens_per_event=args.tokens_per_event,
     )
+    new_run()
+    previous = {s: signal.signal(s, _interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         return prove(options, say=lambda line: print(line, flush=True))
     except FleetError as e:
         print(f"cardinal prove: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        # Locust, the cards and the gateway are stopped by now (stop_all, then each context)
+        print("cardinal prove: interrupted: no verdict", file=sys.stderr)
+        return 128 + e.signum
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM during a proof (BaseException, as KeyboardInterrupt: no `except
+    Exception` on the way may judge a half-run)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupted(signum: int, _frame: Any) -> None:
+    """Installed even where the shell started prove with SIGINT ignored (a background job):
+    stop every child at once, then unwind without a verdict."""
+    from gateway.prove.fleet import stop_all
+
+    if stop_all():
+        raise Interrupted(signum)

@@ -53,7 +53,23 @@ def cmd_render(args: argparse.Namespace, catalog: Catalog) -> int:
         if rel.endswith(".sh"):
             path.chmod(0o755)
         print(f"wrote {path}")
+    if advice := _which_bundle(plan):
+        print(advice)
     return 0
+
+
+def _which_bundle(plan: Any) -> str:
+    """A line saying which files to deploy when the plan's at-scale layout is the cheaper one."""
+    from gateway.render.sglang import at_scale_layout
+
+    layout = at_scale_layout(plan)
+    tp = planfile.of(plan).gpus
+    if layout is None or not tp or layout["gpus"] >= tp:
+        return ""
+    return (
+        f"the plan's cheapest layout is at scale: {layout['layout']} on {layout['gpus']} GPUs; "
+        f"deploy sglang/ (or vllm-ep/) rather than the tensor-parallel files ({tp} GPUs)"
+    )
 
 
 def _build_context(output: Path) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from gateway import planfile
-from gateway.cli.args import positive
+from gateway.cli.args import positive, write_text
 from gateway.planner.capacity import Workload
 from gateway.planner.catalog import Catalog
 from gateway.planner.errors import PlanError
@@ -172,7 +172,7 @@ def _engines_with(args: argparse.Namespace, knob: str) -> str:
 def _write_files(args: argparse.Namespace, data: dict, result: Any, pick: int) -> list[str]:
     out = []
     if args.output:
-        args.output.write_text(planfile.dump(option_plan(result.options[pick - 1])), "utf-8")
+        write_text(args.output, planfile.dump(option_plan(result.options[pick - 1])))
         out.append(f"\nrow {pick} written to {args.output} as the plan file")
     plot = args.plot or (args.output and args.output.with_name(args.output.stem + "-search.png"))
     if plot and result.options:

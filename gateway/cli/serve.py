@@ -5,19 +5,16 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway import planfile
-from gateway.errors import UsageError, cannot_listen
-from gateway.planner.catalog import Catalog
-from gateway.planner.errors import PlanError
-
-if TYPE_CHECKING:
-    pass
 from gateway.cli.args import (
     positive,
     read_text,
 )
+from gateway.errors import UsageError, cannot_listen
+from gateway.planner.catalog import Catalog
+from gateway.planner.errors import PlanError
 
 
 def add_serve_parser(sub: Any) -> None:

@@ -56,6 +56,14 @@ def add_sim_parser(sub: Any) -> None:
         "spike_s=2s, hang, crash_after=20, crash_rate=0.5; also at run time via /admin/faults",
     )
     sim.add_argument("--seed", type=int, default=0, help="card i draws its faults from seed + i")
+    sim.add_argument(
+        "--role",
+        choices=("replica", "ep", "prefill", "decode"),
+        default="replica",
+        help="with --plan: replica (the tensor-parallel plan's), or one group of its at-scale "
+        "layout: ep (aggregated), prefill or decode (SGLang's disaggregated protocol; a prefill "
+        "card serves its bootstrap rooms on its own port)",
+    )
 
 
 def _sim_card(args: argparse.Namespace, catalog: Catalog) -> tuple[str, Card, int]:
@@ -85,6 +93,23 @@ def _sim_card(args: argparse.Namespace, catalog: Catalog) -> tuple[str, Card, in
     return catalog.model(args.model).id, card, 1
 
 
+def _role_card(args: argparse.Namespace, catalog: Catalog) -> tuple[str, Any, int, dict]:
+    """(served name, card, groups, CardConfig fields) for one group of the plan's at-scale
+    layout."""
+    from gateway.sim.scale_card import role_card
+
+    if not args.plan:
+        raise PlanError("--role needs --plan (a plan with an at-scale layout)", field="role")
+    if args.max_num_seqs:
+        raise PlanError("--max-num-seqs sets a replica's batch", field="max_num_seqs")
+    plan = planfile.read(read_text(args.plan))
+    card = role_card(catalog, plan, args.role)
+    extra = {"role": {"ep": "both"}.get(args.role, args.role)}
+    if args.role == "decode":
+        extra["kv_transfer_s_per_token"] = card.kv_transfer_s_per_token
+    return catalog.model(plan.model).id, card, card.groups, extra
+
+
 def _sim_faults(specs: list[str], *, cards: int) -> list[Faults]:
     from gateway.sim.faults import FaultError, Faults, parse_fault_flag
 
@@ -105,7 +130,11 @@ def cmd_sim(args: argparse.Namespace, catalog: Catalog) -> int:
     from gateway.sim.fleet import serve_cards
     from gateway.sim.server import CardConfig
 
-    name, card, replicas = _sim_card(args, catalog)
+    extra: dict = {}
+    if args.role != "replica":
+        name, card, replicas, extra = _role_card(args, catalog)
+    else:
+        name, card, replicas = _sim_card(args, catalog)
     cards = args.cards or replicas
     faults = _sim_faults(args.fault, cards=cards)
     configs = [
@@ -116,6 +145,7 @@ def cmd_sim(args: argparse.Namespace, catalog: Catalog) -> int:
             tokens_per_event=args.tokens_per_event,
             faults=faults[i],
             seed=args.seed + i,
+            **extra,
         )
         for i in range(cards)
     ]

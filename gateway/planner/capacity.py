@@ -136,19 +136,32 @@ def size_fleet(
     util = 1.0 / (1.0 + wl.headroom)
     limited_by = "headroom"
     first = rep.prefill_s + (speed.first_token_overhead_s() if speed is not None else 0.0)
-    slack = (wl.ttft_slo_s - first) / service
-    rho_ttft = 2 * slack / (1 + 2 * slack) if slack > 0 else 0.05
+    rho_ttft = md1_utilization(wait_s=wl.ttft_slo_s - first, service_s=service)
     # A given capacity (speed None: measured or claimed) is already the rate at which the SLOs
     # hold, queueing included, so only the headroom applies: the seeds' ceil(target / per-card QPS).
     if speed is not None and rho_ttft < util and not rep.problem:
         util, limited_by = max(rho_ttft, 0.05), "ttft_slo"
     replicas = max(1, math.ceil(target / (rep.capacity_qps * util) - 1e-9))
     rho = target / (replicas * rep.capacity_qps)
-    ttft = first + (rho / (2 * (1 - rho)) * service if rho < 1 else math.inf)
+    ttft = first + md1_wait(rate=target / replicas, service_s=service)
     tpot = _operating_tpot(speed, rep, wl, per_replica_qps=target / replicas, ttft=ttft)
     return Fleet(
         replicas=replicas, utilization=rho, ttft_s=ttft, tpot_s=tpot, limited_by=limited_by
     )
+
+
+def md1_wait(*, rate: float, service_s: float, max_utilization: float = 1.0) -> float:
+    """Mean wait in an M/D/1 queue (Poisson arrivals at `rate`, a fixed `service_s`), infinite at
+    utilisation 1; `max_utilization` holds it below that (a closed loop cannot offer more work than
+    it is served)."""
+    rho = min(rate * service_s, max_utilization)
+    return rho / (2 * (1 - rho)) * service_s if rho < 1 else math.inf
+
+
+def md1_utilization(*, wait_s: float, service_s: float) -> float:
+    """The utilisation at which md1_wait is `wait_s` (floor 0.05, where no wait is affordable)."""
+    slack = wait_s / service_s
+    return 2 * slack / (1 + 2 * slack) if slack > 0 else 0.05
 
 
 def _operating_tpot(

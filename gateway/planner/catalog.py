@@ -74,8 +74,12 @@ class Model:
         return self.num_layers == 80 and self.mla is None
 
     def moe_layers(self) -> tuple[int, ...]:
-        moe = self.moe
-        return tuple(i for i in range(self.num_layers) if moe and moe.is_moe_layer(i))
+        return _moe_layers(self.num_layers, self.moe)
+
+
+@functools.cache  # the scale search asks it for every step it times
+def _moe_layers(num_layers: int, moe: Moe | None) -> tuple[int, ...]:
+    return tuple(i for i in range(num_layers) if moe and moe.is_moe_layer(i))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,6 +113,7 @@ class Gpu:
     link_gb_s: float
     fp8_tflops: float | None = None
     int8_tops: float | None = None
+    nic_gb_s: float | None = None  # scale-out network per GPU (between nodes); None: not known
     price_usd_per_hour: float | None = None
     price_source: str = ""
     reference_only: bool = False

@@ -9,6 +9,8 @@ from dataclasses import dataclass, replace
 
 from gateway.planner.accuracy import NotModelled, SpeedCase, read_rows, speed_case
 from gateway.planner.catalog import Catalog, DecodeKnobs, Engine
+from gateway.planner.scale import ScaleKnobs, load_knobs
+from gateway.planner.scale_rows import predict_row, read_scale_rows
 from gateway.planner.serving import (
     ServingRow,
     Setup,
@@ -208,3 +210,46 @@ def fit_profiled(catalog: Catalog) -> FitResult:
     split, the kernels being measured: engines.yaml's vllm `profiled` entry."""
     rows = [r for r in read_serving_rows() if r.split == "fit" and not catalog.model(r.model).moe]
     return fit_engine(catalog, rows, knobs=PROFILED_KNOBS, estimator="profiled")
+
+
+# -- MoE at scale (scale.py): the two knobs scale.yaml marks as fitted --------------------------
+
+SCALE_KNOBS = ("gemm_eta", "overlap", "t_fixed_ms")
+_SCALE_GRID = {
+    "gemm_eta": [i / 50 for i in range(10, 46)],
+    "overlap": [i / 20 for i in range(21)],
+    "t_fixed_ms": [i / 4 for i in range(61)],  # 0-15 ms per step
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScaleFit:
+    loss: float
+    rows: int
+    values: dict[str, float]
+
+
+def fit_scale(catalog: Catalog) -> ScaleFit:
+    """gemm_eta, overlap and t_fixed_ms fitted to the `fit` rows of the scale data: SGLang's
+    published per-node prefill and decode rates on 96 H100s (which pin the GEMM share and the
+    overlap) and the measured H200 decode workers of scale_silicon.csv (which pin the step's fixed
+    cost the large batches leave free). Least squares on log errors over fixed grids: the GEMM
+    share and overlap together, then the fixed cost, in turn until neither moves, starting
+    from the grids' first values, so a refit does not depend on what scale.yaml holds."""
+    rows = [r for r in read_scale_rows() if r.split == "fit"]
+
+    def loss(k: ScaleKnobs) -> float:
+        return sum(math.log(predict_row(catalog, r, knobs=k) / r.measured) ** 2 for r in rows)
+
+    k = replace(load_knobs(), **{name: grid[0] for name, grid in _SCALE_GRID.items()})
+    pairs = [(g, o) for g in _SCALE_GRID["gemm_eta"] for o in _SCALE_GRID["overlap"]]
+    for _ in range(10):
+        previous = k
+        g, o = min(pairs, key=lambda p: loss(replace(k, gemm_eta=p[0], overlap=p[1])))
+        k = replace(k, gemm_eta=g, overlap=o)
+        t = min(_SCALE_GRID["t_fixed_ms"], key=lambda t: loss(replace(k, t_fixed_ms=t)))
+        k = replace(k, t_fixed_ms=t)
+        if k == previous:
+            break
+    values = {name: getattr(k, name) for name in SCALE_KNOBS}
+    return ScaleFit(values=values, loss=loss(k), rows=len(rows))

@@ -21,6 +21,7 @@ from gateway.planner.fit import fit_options
 from gateway.planner.plan import Plan, PlanRequest, check_request, fit_input, plan_for_fit
 from gateway.planner.prices import Price, catalog_price
 from gateway.planner.quality import QualityTable, QuantQuality, load_quality
+from gateway.planner.search_scale import ScaleChoice, scale_search
 from gateway.planner.uncertainty import uncertainty
 from gateway.planner.weights import Weights, weights
 
@@ -117,6 +118,9 @@ class SearchResult:
     space: SearchSpace
     options: tuple[Option, ...]  # cheapest first
     rejected: tuple[Rejection, ...]
+    # DeepSeek-style MoE models: EP/DP, PD and MTP layouts (search_scale.py), cheapest first
+    at_scale: tuple[ScaleChoice, ...] = ()
+    at_scale_rejected: tuple[str, ...] = ()
 
     @property
     def combinations(self) -> int:
@@ -221,12 +225,24 @@ def search(
         return o.conservative_monthly_usd if space.rank_by == "conservative" else o.monthly_usd
 
     options.sort(key=lambda o: (cost(o), o.plan.gpus, quality.rank(o.quality.tier)))
+    scale, scale_why = scale_search(
+        catalog,
+        model=model,
+        workload=workload,
+        gpus=_space_gpus(catalog, space),
+        quants=_pick(catalog, "quant", space.quants) or list(catalog.quants.values()),
+        prices=prices,
+        quality=quality,
+        floor=space.min_quality,
+    )
     return SearchResult(
         model=model,
         workload=workload,
         space=space,
         options=tuple(options),
         rejected=tuple(rejected),
+        at_scale=tuple(scale),
+        at_scale_rejected=tuple(scale_why),
     )
 
 
@@ -264,9 +280,7 @@ def _evaluate(
 def combinations(catalog: Catalog, space: SearchSpace) -> Iterator[tuple[Gpu, Quant, Engine, int]]:
     """Every (GPU, quantization, engine, GPUs per replica) the space allows, engines serving
     only the formats they read."""
-    gpus = _pick(catalog, "gpu", space.gpus) or [
-        g for g in catalog.gpus.values() if not g.reference_only
-    ]
+    gpus = _space_gpus(catalog, space)
     quants = _pick(catalog, "quant", space.quants) or list(catalog.quants.values())
     engines = _pick(catalog, "engine", space.engines) or list(catalog.engines.values())
     for engine in engines:
@@ -276,6 +290,12 @@ def combinations(catalog: Catalog, space: SearchSpace) -> Iterator[tuple[Gpu, Qu
             for gpu in gpus:
                 for n in _degrees(engine, space):
                     yield gpu, quant, engine, n
+
+
+def _space_gpus(catalog: Catalog, space: SearchSpace) -> list[Gpu]:
+    return _pick(catalog, "gpu", space.gpus) or [
+        g for g in catalog.gpus.values() if not g.reference_only
+    ]
 
 
 def _pick(catalog: Catalog, kind: str, names: tuple[str, ...]) -> list[Any]:

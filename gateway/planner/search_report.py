@@ -6,6 +6,7 @@ from typing import Any
 
 from gateway.planner.report import plan_dict
 from gateway.planner.search import REJECTIONS, Option, SearchResult
+from gateway.planner.search_scale import ScaleChoice
 
 SEARCH_VERSION = 1
 
@@ -88,6 +89,8 @@ def search_dict(r: SearchResult) -> dict[str, Any]:
         "cheapest_per_gpu": [
             {"gpu": o.plan.request.gpu.id, "rank": rank} for rank, o in r.cheapest_per_gpu()
         ],
+        "at_scale": [_scale(i, c, r.workload) for i, c in enumerate(r.at_scale, 1)],
+        "at_scale_rejected": list(r.at_scale_rejected),
         "rejected": [
             {
                 "gpu": x.gpu,
@@ -100,6 +103,61 @@ def search_dict(r: SearchResult) -> dict[str, Any]:
             for x in r.rejected
         ],
     }
+
+
+def _scale(rank: int, c: ScaleChoice, wl: Any) -> dict[str, Any]:
+    o = c.option
+    return {
+        "rank": rank,
+        **o.as_dict(),
+        "monthly_usd": round(c.monthly_usd, 2),
+        "usd_per_million_output_tokens": round(c.usd_per_million_output_tokens(wl), 4),
+        "quality": {"tier": c.quality.tier, "measured": c.quality.measured},
+        "price": {"usd_per_hour": round(c.price.usd_per_hour, 4), "source": c.price.source},
+    }
+
+
+SCALE_HEADER = (
+    f"{'#':>3}  {'GPUs':>5} {'gpu':<14} {'layout':<50} {'quant':<6} {'$/month':>10} "
+    f"{'$/M out':>8} {'TTFT':>7} {'TPOT':>8}"
+)
+
+
+def _scale_row(o: dict[str, Any]) -> str:
+    return (
+        f"{o['rank']:>3}  {o['gpus']:>5} {o['gpu']:<14} {o['layout']:<50} {o['quant']:<6} "
+        f"{o['monthly_usd']:>10,.0f} {o['usd_per_million_output_tokens']:>8.3f} "
+        f"{o['ttft_s']:>6.2f}s {o['tpot_s'] * 1e3:>6.1f}ms"
+    )
+
+
+def _scale_lines(d: dict[str, Any], limit: int | None) -> list[str]:
+    """The at-scale ranking: EP/DP, PD and MTP layouts (SGLang), and the cheapest overall."""
+    ranked, why = d.get("at_scale") or [], d.get("at_scale_rejected") or []
+    if not ranked and not why:
+        return []
+    lines = ["", "At scale (SGLang: expert parallel with DP attention, prefill/decode split, MTP)"]
+    if ranked:
+        shown = ranked if limit is None else ranked[:limit]
+        lines += [SCALE_HEADER] + [_scale_row(o) for o in shown]
+        if len(shown) < len(ranked):
+            lines.append(f"  ... {len(ranked) - len(shown)} more (--json lists all)")
+        tp = d["options"][0] if d["options"] else None
+        best = ranked[0]
+        if tp is None or best["monthly_usd"] < tp["monthly_usd"]:
+            vs = (
+                ""
+                if tp is None
+                else f" (tensor parallel: {tp['gpus']} GPUs, ${tp['monthly_usd']:,.0f})"
+            )
+            lines.append(
+                f"  cheapest overall: {best['gpus']} x {best['gpu']} {best['layout']}, "
+                f"${best['monthly_usd']:,.0f}/month{vs}"
+            )
+    else:
+        lines.append("  no EP or PD layout meets the SLOs")
+    lines += [f"  rejected: {w}" for w in why]
+    return lines
 
 
 HEADER = (
@@ -147,6 +205,7 @@ def render_search_text(d: dict[str, Any], *, limit: int | None = 20) -> str:
         lines += [_row(opts[c["rank"] - 1]) for c in d["cheapest_per_gpu"]]
     else:
         lines.append("No combination meets the SLOs.")
+    lines += _scale_lines(d, limit)
     if d["rejected"]:
         lines += ["", "Rejected"]
         lines += [

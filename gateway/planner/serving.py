@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, replace
 
-from gateway.planner.capacity import Workload, tpot_with_prefill
+from gateway.planner.capacity import Workload, md1_wait, tpot_with_prefill
 from gateway.planner.catalog import Catalog, Engine, data_csv
 from gateway.planner.errors import PlanError
 from gateway.planner.plan import laid_out, request_for
@@ -54,6 +54,7 @@ class Prediction:
     family: str
     tpot_s: float | None = None
     ttft_s: float | None = None
+    prompt_share: float | None = None  # measured_prompt_share(): a check on the row itself
     note: str = ""  # why a row is not modelled
 
     @property
@@ -158,16 +159,9 @@ def predict(s: Setup, row: ServingRow, *, engine: Engine | None = None) -> tuple
     ttft = bare
     for _ in range(8):  # fixed point: the prompt rate depends on the request life it produces
         life = ttft + (row.osl - 1) * tpot
-        ttft = bare + md1_wait(rate=b / life, service_s=service)
+        ttft = bare + md1_wait(rate=b / life, service_s=service, max_utilization=0.95)
     # past the KV cache the clients take turns: each decodes B / C of the time
     return tpot * max(row.concurrency / b, 1.0), ttft
-
-
-def md1_wait(*, rate: float, service_s: float, max_utilization: float = 0.95) -> float:
-    """Mean wait in an M/D/1 queue, with the utilisation held below `max_utilization` (a closed
-    loop cannot offer more work than it is served)."""
-    rho = min(rate * service_s, max_utilization)
-    return rho / (2 * (1 - rho)) * service_s
 
 
 def predict_all(
@@ -180,8 +174,27 @@ def predict_all(
             out.append(Prediction(row=row, family=_family(row, moe=False), note=s))
             continue
         tpot, ttft = predict(s, row)
-        out.append(Prediction(row=row, family=_family(row, moe=s.moe), tpot_s=tpot, ttft_s=ttft))
+        out.append(
+            Prediction(
+                row=row,
+                family=_family(row, moe=s.moe),
+                tpot_s=tpot,
+                ttft_s=ttft,
+                prompt_share=measured_prompt_share(s.speed, row),
+            )
+        )
     return out
+
+
+def measured_prompt_share(speed: SpeedModel, row: ServingRow) -> float:
+    """The GPUs' peak FLOP/s that the row's own figures need for its prompts alone: requests per
+    second (C / (TTFT + (O-1) TPOT)) x 2 x active parameters x prompt tokens, over TP x peak.
+    Engines reach about half of peak on prefill (engines.yaml prefill_eta), so a share near or
+    above that, with decode in the same steps, says the prompts were not all computed (prefix
+    cache hits between the benchmark's runs), which no step model can reproduce."""
+    rate = row.concurrency / (row.ttft_s + (row.osl - 1) * row.tpot_s)
+    peak = speed.gpu.peak_tflops(speed.quant.compute) * 1e12
+    return rate * 2 * speed.active_params * row.isl / (row.tp * peak)
 
 
 def _family(row: ServingRow, *, moe: bool) -> str:

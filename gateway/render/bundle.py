@@ -18,6 +18,8 @@ from gateway.render.kubernetes import render_kubernetes
 from gateway.render.nginx import render_nginx
 from gateway.render.prometheus import render_prometheus_config, render_scrape_targets
 from gateway.render.rules import render_alert_rules, render_plan_rules, render_recording_rules
+from gateway.render.sglang import render_sglang
+from gateway.render.vllm_ep import render_vllm_ep
 
 
 def render_monitoring(plan: Mapping[str, Any], *, sim: bool = False) -> dict[str, str]:
@@ -53,4 +55,6 @@ def render_all(plan: Mapping[str, Any], *, sim: bool = False, source: str = ".")
         "Modelfile": render_modelfile(plan),
         "prometheus-targets.yml": render_scrape_targets(plan),
         **render_monitoring(plan, sim=sim),
+        **render_sglang(plan, source=source),
+        **render_vllm_ep(plan),
     }

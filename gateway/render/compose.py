@@ -49,25 +49,29 @@ def render_compose(
     services: dict[str, Any] = {
         **cards,
         **engines,
-        "gateway": _gateway(source, "gateway", backends, replicas=GATEWAY_REPLICAS),
+        "gateway": gateway_service(source, "gateway", backends, replicas=GATEWAY_REPLICAS),
     }
     if sim:
         services["gateway-gpu"] = {
-            **_gateway(source, "gateway-gpu", list(engines), replicas=1),
+            **gateway_service(source, "gateway-gpu", list(engines), replicas=1),
             "profiles": ["gpu"],
             "ports": [f"8090:{GATEWAY_PORT}"],
         }
-    services["redis"] = _redis()
+    services["redis"] = redis_service()
     services |= _monitoring(monitoring)
     configs = {
-        "gateway": _content(render_gateway_config(plan, urls=_urls(backends), redis_url=REDIS_URL)),
-        "nginx": _content(render_nginx(plan, engines=[f"{b}:{ENGINE_PORT}" for b in backends])),
+        "gateway": inline_config(
+            render_gateway_config(plan, urls=_urls(backends), redis_url=REDIS_URL)
+        ),
+        "nginx": inline_config(
+            render_nginx(plan, engines=[f"{b}:{ENGINE_PORT}" for b in backends])
+        ),
     }
     if sim:
-        configs["gateway-gpu"] = _content(
+        configs["gateway-gpu"] = inline_config(
             render_gateway_config(plan, urls=_urls(list(engines)), redis_url=REDIS_URL)
         )
-        configs["fleet"] = _content(planfile.dump(dict(planfile.of(plan).data)))
+        configs["fleet"] = inline_config(planfile.dump(dict(planfile.of(plan).data)))
     data = {
         "name": "cardinal",
         "services": services,
@@ -103,7 +107,7 @@ def _urls(hosts: list[str]) -> list[str]:
     return [f"http://{h}:{ENGINE_PORT}" for h in hosts]
 
 
-def _content(text: str) -> dict[str, str]:
+def inline_config(text: str) -> dict[str, str]:
     # Compose interpolates ${VAR} in the whole file, inline configs included: $$ is a literal $
     return {"content": text.replace("$", "$$")}
 
@@ -116,7 +120,7 @@ def _cardinal(source: str) -> dict[str, Any]:
     }
 
 
-def _http_check(url: str, *, start_s: int) -> dict[str, Any]:
+def http_check(url: str, *, start_s: int) -> dict[str, Any]:
     probe = f"import urllib.request; urllib.request.urlopen('{url}', timeout=2)"
     return {
         "test": ["CMD", "python3", "-c", probe],
@@ -133,7 +137,7 @@ def _card(source: str) -> dict[str, Any]:
         **_cardinal(source),
         "command": _command([*command, "--host", "0.0.0.0", "--port", str(ENGINE_PORT)]),
         "configs": [{"source": "fleet", "target": "/etc/cardinal/fleet.yaml"}],
-        "healthcheck": _http_check(f"http://127.0.0.1:{ENGINE_PORT}/health", start_s=10),
+        "healthcheck": http_check(f"http://127.0.0.1:{ENGINE_PORT}/health", start_s=10),
     }
 
 
@@ -145,22 +149,11 @@ def _engine(fleet: Fleet, i: int, *, gpu_profile: bool) -> dict[str, Any]:
         "image": engine_image(fleet),
         **({"profiles": ["gpu"]} if gpu_profile else {}),
         "command": engine_args(fleet),
-        "environment": {"HF_TOKEN": "${HF_TOKEN:-}"},
-        "volumes": ["models:/root/.cache"],
-        "deploy": {
-            "resources": {
-                "reservations": {
-                    "devices": [
-                        {"driver": "nvidia", "device_ids": devices, "capabilities": ["gpu"]}
-                    ]
-                }
-            }
-        },
-        "restart": "unless-stopped",
+        **gpu_engine(devices),
     }
     if fleet.is_vllm:
         service["ipc"] = "host"  # tensor-parallel workers share memory through /dev/shm
-        service["healthcheck"] = _http_check(
+        service["healthcheck"] = http_check(
             f"http://127.0.0.1:{ENGINE_PORT}/health", start_s=LOADING_S
         )
     else:
@@ -174,7 +167,27 @@ def _engine(fleet: Fleet, i: int, *, gpu_profile: bool) -> dict[str, Any]:
     return service
 
 
-def _gateway(source: str, config: str, backends: list[str], *, replicas: int) -> dict[str, Any]:
+def gpu_engine(devices: list[str]) -> dict[str, Any]:
+    """What every engine service shares: the token, the model cache, its GPUs, restarts."""
+    return {
+        "environment": {"HF_TOKEN": "${HF_TOKEN:-}"},
+        "volumes": ["models:/root/.cache"],
+        "deploy": {
+            "resources": {
+                "reservations": {
+                    "devices": [
+                        {"driver": "nvidia", "device_ids": devices, "capabilities": ["gpu"]}
+                    ]
+                }
+            }
+        },
+        "restart": "unless-stopped",
+    }
+
+
+def gateway_service(
+    source: str, config: str, backends: list[str], *, replicas: int
+) -> dict[str, Any]:
     return {
         **_cardinal(source),
         "command": "cardinal serve --config /etc/cardinal/gateway.yaml",
@@ -184,11 +197,11 @@ def _gateway(source: str, config: str, backends: list[str], *, replicas: int) ->
             "redis": {"condition": "service_started"},
         },
         "deploy": {"replicas": replicas},
-        "healthcheck": _http_check(f"http://127.0.0.1:{GATEWAY_PORT}/healthz", start_s=10),
+        "healthcheck": http_check(f"http://127.0.0.1:{GATEWAY_PORT}/healthz", start_s=10),
     }
 
 
-def _redis() -> dict[str, Any]:
+def redis_service() -> dict[str, Any]:
     # Limits are short-lived counters: nothing to persist, so no volume and no snapshots.
     return {
         "image": IMAGES["redis"],

@@ -83,7 +83,9 @@ def render_engine_script(plan: Mapping[str, Any]) -> str:
     fleet = fleet_from_plan(plan)
     program = "vllm serve" if fleet.is_vllm else "llama-server"
     words = [shlex.quote(a) for a in engine_args(fleet, port=0)]
-    body = " \\\n    ".join([program, *_pairs(words)]).replace("--port 0", '--port "${PORT:-8000}"')
+    body = " \\\n    ".join([program, *flag_lines(words)]).replace(
+        "--port 0", '--port "${PORT:-8000}"'
+    )
     return (
         "#!/bin/sh\n"
         f"# {fleet.model_name} {fleet.quant} on {fleet.gpus_per_replica} x {fleet.gpu}: "
@@ -94,8 +96,8 @@ def render_engine_script(plan: Mapping[str, Any]) -> str:
     )
 
 
-def _pairs(words: list[str]) -> list[str]:
-    """`--flag value` on one line each, so the script reads like the engine's docs."""
+def flag_lines(words: list[str]) -> list[str]:
+    """`--flag value` on one line each, so a script reads like the engine's docs."""
     out: list[str] = []
     for w in words:
         if out and not w.startswith("-") and out[-1].startswith("-") and " " not in out[-1]:

@@ -16,6 +16,7 @@ from gateway.render.errors import RenderError
 ENGINE_PORT = 8000  # vLLM's default; llama-server is given the same so every backend looks alike
 GATEWAY_PORT = 8080
 VERSION = "0.1.0"  # the cardinal image tag the gateway and simulated cards run
+SERVE_SLOTS = 64  # a replica's in-flight requests when the plan names no batch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,7 +80,7 @@ def fleet_from_plan(plan: PlanFile | Mapping[str, Any]) -> Fleet:
         engine=catalog.engine(p.engine).id,
         replicas=p.replicas,
         gpus_per_replica=p.replica.gpus or 1,
-        max_inflight=int(p.replica_concurrency or 1),
+        max_inflight=int(p.replica_concurrency or SERVE_SLOTS),
         capacity_qps=float(p.replica.capacity_qps),
         target_qps=float(wl.target_qps),
         headroom=float(wl.headroom),

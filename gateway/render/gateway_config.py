@@ -7,11 +7,8 @@ from typing import Any
 
 import yaml
 
-from gateway import planfile
 from gateway.planfile import PlanFile
 from gateway.render.fleet import ENGINE_PORT, GATEWAY_PORT, Fleet, fleet_from_plan
-
-SERVE_SLOTS = 64  # a replica's in-flight requests when the plan names no batch
 
 
 def engine_urls(fleet: Fleet, *, host: str = "engine") -> list[str]:
@@ -19,18 +16,23 @@ def engine_urls(fleet: Fleet, *, host: str = "engine") -> list[str]:
 
 
 def gateway_data(
-    fleet: Fleet, urls: Sequence[str], *, listen: str, redis_url: str | None = None
+    fleet: Fleet,
+    urls: Sequence[str],
+    *,
+    listen: str,
+    redis_url: str | None = None,
+    names: Sequence[str] = (),
+    slots: Sequence[int | None] = (),
 ) -> dict[str, Any]:
+    """The one gateway config a plan's fleet gets, for `gateway.server.config.parse`: a backend
+    per URL (named by `names`, default its host) with the replica's concurrency, or its own where
+    `slots` gives one; engine-aware routing; admission sized from the plan."""
+    own = list(slots) or [None] * len(urls)
     data: dict[str, Any] = {
         "listen": listen,
         "backends": [
-            {
-                "name": f"{_host(u)}",
-                "url": u,
-                "model": fleet.model,
-                "max_inflight": fleet.max_inflight,
-            }
-            for u in urls
+            {"name": name, "url": u, "model": fleet.model, "max_inflight": n or fleet.max_inflight}
+            for name, u, n in zip(names or [_host(u) for u in urls], urls, own, strict=True)
         ],
         # engine-aware: both vLLM and llama.cpp publish queue depth and KV usage to route on
         "routing": {"policy": "engine_aware"},
@@ -48,6 +50,29 @@ def gateway_data(
     return data
 
 
+def pd_backends(
+    data: dict[str, Any], roles: Sequence[str], *, bootstrap_ports: Sequence[int]
+) -> None:
+    """Mark gateway_data's backends, in order, as the `roles` (prefill or decode) of a PD fleet:
+    named prefill-i and decode-j, each prefill worker with its SGLang bootstrap port (the gateway
+    pairs every request across the two, as SGLang's router does)."""
+    ports = iter(bootstrap_ports)
+    counts = {"prefill": 0, "decode": 0}
+    for b, role in zip(data["backends"], roles, strict=True):
+        b["name"] = f"{role}-{counts[role]}"
+        counts[role] += 1
+        b["role"] = role
+        if role == "prefill":
+            b["bootstrap_port"] = next(ports)
+
+
+def queue_one_batch_per_answering(data: dict[str, Any]) -> None:
+    """The admission queue holds one full batch of every backend that answers: all of them, or
+    a PD fleet's decode workers (a prefill worker's slots are prompts, not answers)."""
+    answering = [b for b in data["backends"] if b.get("role") != "prefill"]
+    data["admission"]["queue_size"] = sum(b["max_inflight"] for b in answering)
+
+
 def serve_data(
     plan: PlanFile | Mapping[str, Any],
     *,
@@ -55,16 +80,11 @@ def serve_data(
     listen: str,
     slots: Sequence[int | None] = (),
 ) -> dict[str, Any]:
-    """The gateway config `cardinal serve --plan` runs, for `gateway.server.config.parse`: one
-    backend per URL with the plan's per-replica concurrency, or its own where `slots` gives it."""
-    p = planfile.of(plan)
-    batch = p.replica_concurrency or SERVE_SLOTS
-    own = list(slots) or [None] * len(urls)
-    backends = [
-        {"name": f"card-{i}", "url": url, "model": p.model, "max_inflight": n or batch}
-        for i, (url, n) in enumerate(zip(urls, own, strict=True))
-    ]
-    return {"listen": listen, "backends": backends}
+    """What `cardinal serve --plan` and `cardinal prove` run: the rendered gateway config
+    (gateway_data) over `urls`, the backends named card-0, card-1, ..."""
+    fleet = fleet_from_plan(plan)
+    names = [f"card-{i}" for i in range(len(urls))]
+    return gateway_data(fleet, urls, listen=listen, names=names, slots=slots)
 
 
 def render_gateway_config(

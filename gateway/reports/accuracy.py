@@ -3,11 +3,13 @@ prediction, written by `cardinal check-accuracy -o docs/accuracy.md` (`make accu
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter
 
 from gateway.planner.accuracy import Check, summary
 from gateway.planner.catalog import Catalog
 from gateway.planner.profiled import installed as profiled_tables_installed
+from gateway.planner.scale_rows import predict_row, read_scale_rows
 from gateway.planner.serving import Prediction, predict_all
 from gateway.planner.serving import accuracy as serving_accuracy
 
@@ -74,10 +76,15 @@ def render_serving(preds: list[Prediction]) -> str:
         lines.append(f"- {n} rows not modelled: {note}")
     lines += [
         "",
-        "Worst held-out TPOT rows:",
+        "Worst held-out TPOT rows. *Prompt compute* is the share of the GPUs' peak FLOP/s that "
+        "the row's own measured figures need for its prompts alone "
+        "(serving.measured_prompt_share); "
+        "engines reach about half of peak on prefill, so a share near that, with decode in the "
+        "same steps, means prompts were served from a prefix cache the row does not record.",
         "",
-        "| engine | model | gpu | TP | in / out | concurrency | TPOT real | TPOT model | error |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|",
+        "| engine | model | gpu | TP | in / out | concurrency | TPOT real | TPOT model | error "
+        "| prompt compute |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     held = [p for p in preds if p.row.split == "held_out" and p.tpot_s is not None]
     for p in sorted(held, key=lambda p: -abs(p.error("tpot") or 0))[:10]:
@@ -85,7 +92,7 @@ def render_serving(preds: list[Prediction]) -> str:
         lines.append(
             f"| {r.engine} {r.engine_version} | {r.model} | {r.gpu} | {r.tp} | {r.isl} / {r.osl} "
             f"| {r.concurrency} | {r.tpot_s * 1e3:.1f} ms | {(p.tpot_s or 0) * 1e3:.1f} ms | "
-            f"{p.error('tpot'):+.1%} |"
+            f"{p.error('tpot'):+.1%} | {p.prompt_share or 0:.0%} of peak |"
         )
     return "\n".join(lines) + "\n"
 
@@ -125,11 +132,44 @@ def render_estimators(roofline: list[Prediction], profiled: list[Prediction]) ->
     return "\n".join(lines) + "\n"
 
 
+def render_scale(catalog: Catalog) -> str:
+    """Markdown: DeepSeek at scale (EP/DP, PD, MTP) against published per-node figures."""
+    lines = [
+        "## DeepSeek at scale: published per-node figures (scale_reference.csv)",
+        "",
+        "Expert parallelism with DP attention, prefill and decode measured apart, MTP where the "
+        "row says (planner/scale.py), each row run with its own layout, lengths and batch. "
+        "`fit`: the two constants scale.yaml marks as fitted come from these rows only; "
+        "`held_out`: other publishers' figures; `production`: a service's 24-hour average, "
+        "not a saturated run (the model's figure is what a saturated node would do).",
+        "",
+        "| split | id | GPU | EP | role | setting | measured per node | Cardinal | error "
+        "| source |",
+        "|---|---|---|---:|---|---|---:|---:|---:|---|",
+    ]
+    errs: dict[str, list[float]] = {}
+    for r in read_scale_rows():
+        pred = predict_row(catalog, r)
+        e = pred / r.measured - 1
+        errs.setdefault(r.split, []).append(abs(e))
+        lines.append(
+            f"| {r.split} | {r.id} | {r.gpu} | {r.ep} | {r.role} | {r.setting} | "
+            f"{r.measured:,.0f} tok/s | {pred:,.0f} | {e:+.1%} | {r.source} |"
+        )
+    lines.append("")
+    for split, e in errs.items():
+        lines.append(
+            f"- **{split}**: {len(e)} rows, median |error| {statistics.median(e):.1%}, "
+            f"max {max(e):.1%}"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def render_document(catalog: Catalog, checks: list[Check]) -> str:
     """docs/accuracy.md below its header: the reference rows, the serving points, and the two
     estimators side by side where the kernel tables are installed."""
     roofline = predict_all(catalog)
-    text = render_table(checks) + "\n" + render_serving(roofline)
+    text = render_table(checks) + "\n" + render_serving(roofline) + "\n" + render_scale(catalog)
     if profiled_tables_installed():
         text += "\n" + render_estimators(roofline, predict_all(catalog, estimator="profiled"))
     return text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gateway.planner.catalog import Catalog
 from gateway.reports.seed_claims import seed_8gb, seed_70b, seed_75qps, seed_l4
+from gateway.reports.seed_scale import seed_75qps_at_scale
 from gateway.reports.seed_search import seed_75qps_search
 
 SEEDS = [
@@ -40,4 +41,5 @@ def render_seeds(catalog: Catalog) -> str:
         lines += [f"| {cl.claim} | {cl.cardinal} | {cl.verdict} |" for cl in claims]
         lines.append("")
     lines += seed_75qps_search(catalog)
+    lines += seed_75qps_at_scale(catalog)
     return "\n".join(lines)

@@ -200,8 +200,10 @@ class Engine:
 
     # -- requests ---------------------------------------------------------------------------
 
-    def submit(self, *, prompt_tokens: int, max_tokens: int) -> Sequence:
-        """Queue a sequence; raises SequenceTooLong when it could never be admitted."""
+    def submit(self, *, prompt_tokens: int, max_tokens: int, prefilled: bool = False) -> Sequence:
+        """Queue a sequence; raises SequenceTooLong when it could never be admitted. A
+        `prefilled` one arrives with its prompt's KV computed elsewhere (a decode worker behind
+        a prefill worker): it holds its KV and decodes from the step after its admission."""
         if prompt_tokens <= 0 or max_tokens <= 0:
             raise ValueError("prompt_tokens and max_tokens must be > 0")
         limit = self.config.context_limit
@@ -215,6 +217,8 @@ class Engine:
             max_tokens=max_tokens,
             arrival_s=self._clock.now(),
         )
+        if prefilled:
+            seq.prefilled = prompt_tokens
         self._waiting.append(seq)
         self._work.set()
         return seq
@@ -251,6 +255,8 @@ class Engine:
                 budget -= chunk
         while budget > 0 and self._can_admit():
             seq = self._admit()
+            if seq.decoding:  # prefilled elsewhere: it decodes from the next step
+                continue
             chunk = min(seq.prompt_tokens, budget)
             prefill.append((seq, chunk))
             budget -= chunk

@@ -36,3 +36,10 @@ class ModelNotFound(ApiError):
 class Loading(ApiError):
     status = 503
     type = "unavailable_error"
+
+
+class PrefillUnavailable(ApiError):
+    """A decode worker that could not get its prompt's cache from the prefill worker."""
+
+    status = 503
+    type = "unavailable_error"

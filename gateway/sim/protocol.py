@@ -8,6 +8,19 @@ from typing import Any
 from gateway.sim.errors import BadRequest, ModelNotFound
 from gateway.sim.prompt import chat_tokens, text_tokens
 
+ROOM_MAX = 2**63 - 1  # SGLang's bootstrap rooms are int64 (its router draws them in [0, 2^63 - 1])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Bootstrap:
+    """Where a disaggregated request's prompt cache comes from: SGLang's router sends the same
+    body to a prefill and a decode worker, naming the prefill worker's bootstrap server and a
+    room both sides meet in."""
+
+    host: str
+    port: int | None  # None: the prefill worker's own default
+    room: int
+
 
 @dataclass(frozen=True, kw_only=True)
 class GenRequest:
@@ -17,6 +30,7 @@ class GenRequest:
     max_tokens: int | None  # None: the card's default
     stream: bool
     include_usage: bool
+    bootstrap: Bootstrap | None = None
 
 
 def parse(body: Any, *, kind: str, served: str) -> GenRequest:
@@ -39,7 +53,25 @@ def parse(body: Any, *, kind: str, served: str) -> GenRequest:
         max_tokens=_max_tokens(body),
         stream=stream,
         include_usage=stream and isinstance(options, dict) and options.get("include_usage") is True,
+        bootstrap=_bootstrap(body),
     )
+
+
+def _bootstrap(body: dict[str, Any]) -> Bootstrap | None:
+    """SGLang's three fields, all or none (booleans are not ports or rooms)."""
+    names = ("bootstrap_host", "bootstrap_port", "bootstrap_room")
+    if not any(n in body for n in names):
+        return None
+    host, port, room = (body.get(n) for n in names)
+    if not isinstance(host, str) or not host:
+        raise BadRequest("`bootstrap_host` must be a host name", param="bootstrap_host")
+    if port is not None and (type(port) is not int or not 0 < port < 65536):
+        raise BadRequest("`bootstrap_port` must be a port number or null", param="bootstrap_port")
+    if type(room) is not int or not 0 <= room <= ROOM_MAX:
+        raise BadRequest(
+            f"`bootstrap_room` must be an integer in [0, {ROOM_MAX}]", param="bootstrap_room"
+        )
+    return Bootstrap(host=host, port=port, room=room)
 
 
 def _chat_prompt(body: dict[str, Any]) -> int:

@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from gateway.sim.disagg import ROLES, Rooms, fetch_room, require_bootstrap
 from gateway.sim.engine import Engine, EngineConfig, SequenceTooLong, Speed
 from gateway.sim.errors import ApiError, BadRequest
 from gateway.sim.faults import FaultError, Faults
@@ -32,6 +34,9 @@ class CardConfig:
     default_max_tokens: int = 256  # when the request names none
     faults: Faults = Faults()  # at start; /admin/faults changes them at run time
     seed: int = 0  # of the card's random numbers (which requests the faults hit)
+    role: str = "both"  # both | prefill | decode (disagg.py: SGLang's PD protocol)
+    kv_transfer_s_per_token: float = 0.0  # decode role: the prompt cache's trip over the NIC
+    bootstrap_port: int = 8998  # decode role: a request's null bootstrap_port means this one
 
 
 config_key = web.AppKey("config_key", CardConfig)
@@ -40,6 +45,8 @@ metrics_key = web.AppKey("metrics_key", CardMetrics)
 engine_key = web.AppKey("engine_key", Engine)
 injector_key = web.AppKey("injector_key", FaultInjector)
 lag_key = web.AppKey("lag_key", LagMonitor)
+rooms_key = web.AppKey("rooms_key", Rooms)
+session_key = web.AppKey("session_key", aiohttp.ClientSession)
 
 
 def create_app(config: CardConfig, *, lag: LagMonitor | None = None) -> web.Application:
@@ -56,6 +63,13 @@ def create_app(config: CardConfig, *, lag: LagMonitor | None = None) -> web.Appl
     lag.register(registry)
     app[lag_key] = lag
     app.cleanup_ctx.append(engine_ctx)
+    if config.role not in ROLES:
+        raise ValueError(f"`role` must be one of {', '.join(ROLES)}")
+    if config.role == "prefill":
+        app[rooms_key] = Rooms()
+        app.router.add_get("/bootstrap/rooms/{room}", bootstrap_room)
+    if config.role == "decode":
+        app.cleanup_ctx.append(session_ctx)
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", chat_completions)
@@ -93,6 +107,25 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
     engine.abort_all()
     task.cancel()
     await asyncio.wait([task])  # waits for the loop to stop without swallowing our own cancel
+
+
+async def session_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The decode role's client for the prefill workers' bootstrap servers."""
+    async with aiohttp.ClientSession() as session:
+        app[session_key] = session
+        yield
+
+
+async def bootstrap_room(request: web.Request) -> web.Response:
+    """The prefill role's bootstrap server: answers once the room's prompt is computed."""
+    try:
+        room = int(request.match_info["room"])
+    except ValueError:
+        raise BadRequest("the room must be an integer", param="bootstrap_room") from None
+    timeout = float(request.query.get("timeout", "60"))
+    if not await request.app[rooms_key].wait(room, timeout_s=timeout):
+        return web.json_response({"room": room, "ready": False}, status=504)
+    return web.json_response({"room": room, "ready": True})
 
 
 @web.middleware
@@ -158,8 +191,18 @@ async def _generate(request: web.Request, *, kind: str) -> web.StreamResponse:
     req = parse(await _json(request), kind=kind, served=config.model_name)
     cut_after = await app[injector_key].generation()
     engine = app[engine_key]
+    max_tokens, prefilled, room = _max_tokens(config, req), False, None
+    if config.role == "prefill":  # the prompt and its first token; the decode worker goes on
+        max_tokens, room = 1, require_bootstrap(req, "prefill").room
+    elif config.role == "decode":
+        b = require_bootstrap(req, "decode")
+        await fetch_room(app[session_key], b, default_port=config.bootstrap_port)
+        await asyncio.sleep(req.prompt_tokens * config.kv_transfer_s_per_token)
+        prefilled = True
     try:
-        seq = engine.submit(prompt_tokens=req.prompt_tokens, max_tokens=_max_tokens(config, req))
+        seq = engine.submit(
+            prompt_tokens=req.prompt_tokens, max_tokens=max_tokens, prefilled=prefilled
+        )
     except SequenceTooLong as e:
         raise BadRequest(str(e), param="max_tokens") from None
     events = TokenEvents(
@@ -172,6 +215,8 @@ async def _generate(request: web.Request, *, kind: str) -> web.StreamResponse:
             resp = await _whole(request, req, events)
         if events.cut:
             _crash(request)
+        elif room is not None:  # the prompt is computed: its decode worker may fetch it
+            app[rooms_key].ready(room)
         return resp
     finally:
         engine.abort(seq)  # client gone or handler cancelled: free the slot (no-op when done)
