@@ -1,5 +1,5 @@
 """How many simulated cards one `cardinal sim` process hosts on this machine while its event loop
-keeps p99 lag under 5 ms, each card streaming tokens at a realistic rate."""
+keeps p99 lag under 10 ms, each card streaming tokens at a realistic rate."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ WORKLOAD = Workload(
 )
 LOAD = 0.8  # offered rate / the plan's capacity: a fleet running at its planned utilization
 WARMUP_S, MEASURE_S = 4.0, 6.0
-LAG_P99_S = 0.005
+LAG_P99_S = 0.010  # the simulator's own warning threshold (gateway/sim/lag.py)
 
 
 def _plan_file(directory: Path) -> tuple[Path, float]:
@@ -44,12 +44,12 @@ def _plan_file(directory: Path) -> tuple[Path, float]:
 
 
 def _lag_buckets(url: str) -> tuple[float, float]:
-    """(wake-ups within 5 ms, all wake-ups) so far."""
+    """(wake-ups within 10 ms, all wake-ups) so far."""
     with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
         lines = r.read().decode().splitlines()
     within = total = 0.0
     for line in lines:
-        if line.startswith('sim_event_loop_lag_seconds_bucket{le="0.005"}'):
+        if line.startswith('sim_event_loop_lag_seconds_bucket{le="0.01"}'):
             within = float(line.split()[-1])
         elif line.startswith('sim_event_loop_lag_seconds_bucket{le="+Inf"}'):
             total = float(line.split()[-1])
@@ -83,7 +83,7 @@ async def _drive(urls: list[str], qps: float, seconds: float) -> tuple[int, int]
 
 
 def trial(plan: Path, qps: float, cards: int, tokens_per_event: int) -> tuple[float, float]:
-    """(share of wake-ups later than 5 ms, streamed tokens/s per card) for `cards` cards."""
+    """(share of wake-ups later than 10 ms, streamed tokens/s per card) for `cards` cards."""
     port = free_ports(cards)
     proc = subprocess.Popen(
         [str(CARDINAL), "sim", "--plan", str(plan), "--cards", str(cards), "--port", str(port)]
@@ -112,11 +112,11 @@ def trial(plan: Path, qps: float, cards: int, tokens_per_event: int) -> tuple[fl
 
 
 def max_cards(plan: Path, qps: float, tokens_per_event: int) -> int:
-    """Largest card count with p99 lag under 5 ms: doubling, then bisection."""
+    """Largest card count with p99 lag under 10 ms: doubling, then bisection."""
     good, bad, n = 0, None, 1
     while bad is None:
         late, _ = trial(plan, qps, n, tokens_per_event)
-        print(f"  {n:3d} cards, {tokens_per_event} token(s)/event: {late:6.2%} of wake-ups > 5 ms")
+        print(f"  {n:3d} cards, {tokens_per_event} token(s)/event: {late:6.2%} of wake-ups > 10 ms")
         if late <= 0.01:
             good, n = n, n * 2
         else:
@@ -124,7 +124,7 @@ def max_cards(plan: Path, qps: float, tokens_per_event: int) -> int:
     while bad - good > max(1, good // 8):
         n = (good + bad) // 2
         late, _ = trial(plan, qps, n, tokens_per_event)
-        print(f"  {n:3d} cards, {tokens_per_event} token(s)/event: {late:6.2%} of wake-ups > 5 ms")
+        print(f"  {n:3d} cards, {tokens_per_event} token(s)/event: {late:6.2%} of wake-ups > 10 ms")
         good, bad = (n, bad) if late <= 0.01 else (good, n)
     return good
 
@@ -141,7 +141,7 @@ def main() -> None:
         for per_event in (1, 8):
             n = max_cards(plan, qps, per_event)
             print(
-                f"sim: {n} cards per process keep event-loop lag p99 < 5 ms at "
+                f"sim: {n} cards per process keep event-loop lag p99 < 10 ms at "
                 f"{per_event} token(s) per SSE event ({n * qps * WORKLOAD.output_tokens:,.0f} "
                 "tokens/s in all; the load generator shares this machine's 2 cores)"
             )

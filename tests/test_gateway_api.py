@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -221,6 +222,48 @@ async def test_client_disconnect_cancels_the_upstream_request(
             await asyncio.sleep(0.02)
         assert f.sample("gateway_inflight_requests", backend="card-0") == 0
         assert f.sample("gateway_requests_total", model=MODEL, backend="card-0", code="499") == 1
+    await up.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_client_gone_before_the_headers_is_a_499_not_an_error(
+    http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client leaves while the backend thinks; the gateway's headers then meet a closed
+    transport: a disconnect (499), no traceback."""
+
+    async def slow_first_token(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(0.4)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"choices": [{"index": 0, "text": "x"}]}\n\n')
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    up = await fake_upstream(post_v1_completions=slow_first_token)
+    async with fleet([], config=gateway_config([up.url])) as f:
+        body = {"model": MODEL, "prompt": "hi", "stream": True}
+        with caplog.at_level(logging.ERROR, logger="cardinal.gateway"):
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.1):
+                    async with http.post(f.gateway.url + "/v1/completions", json=body) as r:
+                        await r.read()
+            for _ in range(60):
+                if f.sample("gateway_requests_total", model=MODEL, backend="card-0", code="499"):
+                    break
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(1)
+        print(
+            [
+                (m.name, s.labels, s.value)
+                for m in f.registry.collect()
+                for s in m.samples
+                if "requests" in s.name
+            ]
+        )
+        assert f.sample("gateway_requests_total", model=MODEL, backend="card-0", code="499") == 1
+        assert f.sample("gateway_inflight_requests", backend="card-0") == 0
+        assert not [r for r in caplog.records if r.name == "cardinal.gateway"], caplog.text
     await up.stop()
 
 

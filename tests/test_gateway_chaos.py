@@ -3,8 +3,8 @@
 Every request is accounted for, as its client saw it:
 - completed: 200 and a stream that ends with [DONE], on the first backend tried;
 - retried: the same, after the gateway moved it to another backend (`x-gateway-attempts` > 1);
-- rejected: an HTTP error in OpenAI's shape (429, 502, 503, ...), or the connection refused
-  before any byte was answered (the gateway is stopping), both safe to retry;
+- rejected: an HTTP error in OpenAI's shape (429, 502, 503, ...), or the connection refused,
+  closed or reset before any byte was answered (the gateway is stopping), all safe to retry;
 - stream error: a 200 stream that ends with an error event, in-band, as OpenAI does;
 - lost: anything else (a stream cut without an error event, an error that is not OpenAI's
   shape, a connection dropped after the request was taken), and
@@ -88,7 +88,11 @@ class Accounting:
         assert len(self.outcomes) == int(RATE * LOAD_S)
 
 
-async def one(http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> Outcome:
+async def one(
+    http: aiohttp.ClientSession, url: str, headers: dict[str, str], *, fresh: bool = False
+) -> Outcome:
+    """One streamed request, accounted for. `fresh`: on a new connection each, which a
+    closing listener may reset from its backlog before any answer (as it refuses the next)."""
     body = {"model": MODEL, "prompt": "Tell me a story.", "max_tokens": MAX_TOKENS, "stream": True}
     got_status = False
     try:
@@ -103,7 +107,11 @@ async def one(http: aiohttp.ClientSession, url: str, headers: dict[str, str]) ->
     except aiohttp.ClientConnectorError:
         return Outcome("rejected", "connection refused")
     except aiohttp.ClientError as e:
-        if not got_status and isinstance(e, aiohttp.ServerDisconnectedError):
+        # closed, or reset from the listen backlog as the listener closes, before any answer;
+        # a request taken and then dropped shows as a card's generation no client got
+        if not got_status and isinstance(
+            e, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError
+        ):
             return Outcome("rejected", "closed before any answer")
         return Outcome("lost", type(e).__name__)
 
@@ -168,7 +176,9 @@ async def under_load(
         tasks = []
         for i in range(int(RATE * LOAD_S)):
             await asyncio.sleep(max(0.0, start + i / RATE - loop.time()))
-            tasks.append(asyncio.create_task(one(http, url, headers or {})))
+            tasks.append(
+                asyncio.create_task(one(http, url, headers or {}, fresh=fresh_connections))
+            )
         outcomes = await asyncio.gather(*tasks)
         await chaos_task
     return Accounting(case, list(outcomes))

@@ -84,6 +84,22 @@ def test_engine_aware_avoids_a_queue_and_a_full_cache() -> None:
     assert {p.choose(bs, REQ).name for _ in range(20)} == {"b1"}
 
 
+def test_engine_aware_counts_what_it_sent_to_a_queue_since_the_scrape() -> None:
+    """b1's queue was the longer at the scrape, but b0 has been sent two more since into its
+    own queue (a scrape is up to an interval old): b0 now has three waiting, b1 two."""
+    bs = backends(1, 1)
+    bs[0].load = EngineLoad(running=4, waiting=1, kv_usage=0.2)
+    bs[1].load = EngineLoad(running=4, waiting=2, kv_usage=0.2)
+    bs[0].inflight_at_scrape, bs[0].inflight = 5, 7
+    bs[1].inflight_at_scrape, bs[1].inflight = 5, 5
+    p = EngineAware(random.Random(5))
+    assert {p.choose(bs, REQ).name for _ in range(20)} == {"b1"}
+    # with no queue at the scrape, what was sent since is only in flight
+    bs[1].load = EngineLoad(running=4, waiting=0, kv_usage=0.2)
+    bs[1].inflight = 9
+    assert {p.choose(bs, REQ).name for _ in range(20)} == {"b1"}
+
+
 def test_affinity_is_sticky_spreads_keys_and_bounds_load() -> None:
     bs = backends(1, 1, 1, 1, max_inflight=100)
     p = Affinity(bs, load_factor=1.25, rng=random.Random(4))
@@ -214,6 +230,23 @@ llamacpp:kv_cache_usage_ratio 0.125
 llamacpp:requests_processing 2
 llamacpp:requests_deferred 1
 """
+
+
+SGLANG = """\
+# TYPE sglang:num_running_reqs gauge
+sglang:num_running_reqs{model_name="m",engine_type="unified",tp_rank="0",dp_rank="0"} 30.0
+sglang:num_running_reqs{model_name="m",engine_type="unified",tp_rank="0",dp_rank="1"} 34.0
+sglang:num_queue_reqs{model_name="m",engine_type="unified",tp_rank="0",dp_rank="0"} 4.0
+sglang:token_usage{model_name="m",engine_type="unified",tp_rank="0",dp_rank="0"} 0.61
+sglang:token_usage{model_name="m",engine_type="unified",tp_rank="0",dp_rank="1"} 0.58
+sglang:generation_tokens_total{model_name="m"} 5120.0
+sglang:gen_throughput{model_name="m"} 812.5
+"""
+
+
+def test_read_series_knows_sglang_summed_over_dp_ranks() -> None:
+    # DP attention: each rank reports its own requests; the fullest rank's KV refuses first
+    assert read_series(SGLANG) == {"running": 64, "waiting": 4, "kv": 0.61, "generated": 5120}
 
 
 def test_read_series_knows_vllm_new_and_old_names_and_llamacpp() -> None:

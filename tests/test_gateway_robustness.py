@@ -436,3 +436,42 @@ def test_the_new_fields_are_validated_naming_them() -> None:
         assert e.value.field == field and f"`{field}`" in str(e.value)
     c = gateway_config(["http://127.0.0.1:1"])
     assert (c.server.send_timeout_s, c.health.failure_threshold) == (60.0, 5)
+
+
+@pytest.mark.asyncio
+async def test_the_send_watch_cuts_only_writes_pending_past_the_timeout() -> None:
+    from gateway.server.sendwatch import SendWatch
+
+    cuts: list[int] = []
+    watch = SendWatch(lambda: 0.2, on_cut=lambda: cuts.append(1))
+
+    class Transport:
+        aborted = False
+
+        def abort(self) -> None:
+            self.aborted = True
+
+    class Request:
+        transport = Transport()
+
+    class Resp:
+        def __init__(self) -> None:
+            self.gate = asyncio.Event()
+
+        async def write(self, data: bytes) -> None:
+            await self.gate.wait()
+            if Request.transport.aborted:
+                raise ConnectionResetError("Connection lost")
+
+    stuck, quick = Resp(), Resp()
+    quick.gate.set()
+    await watch.write(Request(), quick, b"x")  # done at once: nothing to cut
+    task = asyncio.create_task(watch.write(Request(), stuck, b"x"))
+    await asyncio.sleep(0.05)
+    assert watch.check() == 0  # pending, but not for the timeout yet
+    await asyncio.sleep(0.2)
+    assert watch.check() == 1 and Request.transport.aborted and cuts == [1]
+    stuck.gate.set()
+    with pytest.raises(TimeoutError):
+        await task
+    assert watch.check() == 0  # forgotten once settled

@@ -52,12 +52,31 @@ class Admission:
         self.rebuild()
 
     def rebuild(self) -> None:
-        """Index the backends by model again."""
+        """Index the backends by model again: those that answer requests (whole engines and
+        decode workers), and the prefill workers a decode worker is paired with."""
         by_model: dict[str, list[Backend]] = {}
+        prefill: dict[str, list[Backend]] = {}
         for b in self.backends:
             for m in b.config.models:
-                by_model.setdefault(m, []).append(b)
-        self._by_model = by_model
+                (prefill if b.config.role == "prefill" else by_model).setdefault(m, []).append(b)
+        self._by_model, self._prefill = by_model, prefill
+
+    def acquire_prefill(self, route: RouteRequest, *, exclude: Collection[Backend] = ()) -> Backend:
+        """A prefill worker for a disaggregated request, its slot taken: the least outstanding
+        one that is up and has a free slot (prefill is short, so it does not queue)."""
+        up = [b for b in self._prefill.get(route.model, ()) if b.up and b not in exclude]
+        free = [b for b in up if b.inflight < b.max_inflight]
+        if not free:
+            self._reject("no_prefill")
+            if up:
+                raise Overloaded(
+                    f"every prefill worker for `{route.model}` is busy",
+                    retry_after_s=self.config.retry_after_s,
+                )
+            raise NoBackend(f"no healthy prefill worker serves `{route.model}` right now")
+        b = min(free, key=lambda b: (b.inflight / b.max_inflight, b.inflight))
+        b.inflight += 1
+        return b
 
     def models(self) -> list[str]:
         return sorted(self._by_model)
@@ -116,7 +135,7 @@ class Admission:
 
     def wake(self, b: Backend) -> None:
         """Give `b`'s free slots to waiters (after a release, or when `b` is re-admitted)."""
-        if not self.queue:
+        if not self.queue or b.config.role == "prefill":
             return
         for waiter in list(self.queue):
             if b.inflight >= b.max_inflight:

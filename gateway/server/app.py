@@ -137,7 +137,8 @@ async def client_ctx(app: web.Application) -> AsyncIterator[None]:
             admission=app[admission_key],
             metrics=app[metrics_key],
         )
-        yield
+        async with _background(app[proxy_key].sends.run(), "gateway-send-watch"):
+            yield
 
 
 async def prober_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import aiohttp
 
+from gateway.server import fastjson
 from gateway.server.sse import SSE_FIELDS
 
 # Upstream statuses worth another backend: nothing has reached the client yet, and the request
@@ -63,7 +64,7 @@ def well_formed(event: bytes) -> bool:
     if payload == b"[DONE]":
         return True
     try:
-        return isinstance(json.loads(payload), dict)
+        return isinstance(fastjson.loads(payload), dict)
     except ValueError:
         return False
 
@@ -101,3 +102,25 @@ def is_connect(error: BaseException) -> bool:
 
 def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+# llama-server closes the connection after every streamed answer though it announced keep-alive:
+# a request sent on it the instant before the close is seen fails with nothing sent. Such a
+# failure is retried on the same backend, on another connection, these many times.
+STALE_CONNECTION_RETRIES = 3
+
+
+async def post(
+    session: aiohttp.ClientSession, url: str, *, data: bytes, headers: Mapping[str, str]
+) -> aiohttp.ClientResponse:
+    """POST, retrying a pooled connection the server had closed (see STALE_CONNECTION_RETRIES):
+    a refused connection or a timeout is the backend's failure, not a stale connection's."""
+    for retry in range(STALE_CONNECTION_RETRIES + 1):
+        try:
+            return await session.post(url, data=data, headers=headers)
+        except aiohttp.ClientConnectorError:
+            raise
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            if retry == STALE_CONNECTION_RETRIES:
+                raise
+    raise AssertionError("unreachable")

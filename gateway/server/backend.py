@@ -40,6 +40,7 @@ class Backend:
         self.last_error: str | None = None
         self.next_probe_s = 0.0
         self.load = EngineLoad()
+        self.inflight_at_scrape = 0  # the gateway's in-flight count when `load` was read
 
     @property
     def up(self) -> bool:

@@ -15,6 +15,7 @@ from gateway.errors import FieldError
 from gateway.server.settings import (
     POLICIES,
     RESTART_ONLY,
+    ROLES,
     AdmissionConfig,
     AuthConfig,
     BackendConfig,
@@ -79,6 +80,7 @@ def parse(data: Any, *, env: Mapping[str, str], read: Reader | None = None) -> G
         raise ConfigError("`backends` must list at least one backend", field="backends")
     parsed = tuple(_backend(b, f"backends[{i}]", env) for i, b in enumerate(backends))
     _unique([b.name for b in parsed], "name")
+    _pairs(parsed)
     admin = top.section("admin")
     config = GatewayConfig(
         host=host,
@@ -190,8 +192,21 @@ def _backend(raw: Any, path: str, env: Mapping[str, str]) -> BackendConfig:
         weight=s.positive("weight", float),
         api_key=_secret(s, "api_key_env", env),
         drain=s.get("drain", bool),
+        role=s.get("role", str),
+        bootstrap_port=s.get("bootstrap_port", int, None),
     )
     s.done()
+    if backend.role not in ROLES:
+        raise ConfigError(
+            f"`{path}.role` must be one of {', '.join(ROLES)}, got {backend.role!r}",
+            field=path + ".role",
+        )
+    port = backend.bootstrap_port
+    if port is not None and (backend.role != "prefill" or not 0 < port < 65536):
+        raise ConfigError(
+            f"`{path}.bootstrap_port` is a prefill worker's port (1-65535)",
+            field=path + ".bootstrap_port",
+        )
     return backend
 
 
@@ -359,6 +374,21 @@ def _server(s: _Section) -> ServerConfig:
     )
     s.done()
     return config
+
+
+def _pairs(backends: tuple[BackendConfig, ...]) -> None:
+    """A model with decode workers needs prefill workers, and the other way round."""
+    for i, b in enumerate(backends):
+        if b.role == "both":
+            continue
+        other = "decode" if b.role == "prefill" else "prefill"
+        for m in b.models:
+            if not any(o.role == other and m in o.models for o in backends):
+                raise ConfigError(
+                    f"{b.role} worker {b.name!r} serves `{m}`, which no {other} worker does: "
+                    "a disaggregated request needs both",
+                    field=f"backends[{i}].role",
+                )
 
 
 def _unique(names: list[str], key: str) -> None:

@@ -1,4 +1,4 @@
-"""The gateway's Prometheus series (names in DESIGN.md), on an injected registry."""
+"""The gateway's Prometheus series (each defined below, with its help), on an injected registry."""
 
 from __future__ import annotations
 

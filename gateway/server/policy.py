@@ -82,7 +82,9 @@ class EngineAware:
     the gateway's own in-flight count (fresh between scrapes) as a fraction of the slots.
 
     A waiting request costs a whole slot's worth, since it means the engine's batch is full and
-    a new request would queue behind it; KV usage near 1 predicts the same soon.
+    a new request would queue behind it; KV usage near 1 predicts the same soon. Where the last
+    scrape found a queue, the requests sent there since count as queued too: a scrape is up to
+    an interval old, and between two of them a slow card would otherwise keep its turn.
     """
 
     needs_key = False
@@ -99,6 +101,8 @@ class EngineAware:
 def _engine_score(b: Backend) -> float:
     load = b.load
     waiting = load.waiting or 0.0
+    if waiting > 0:  # a queue at the scrape: what was sent since joined it (a scrape is stale)
+        waiting += max(0, b.inflight - b.inflight_at_scrape)
     kv = load.kv_usage or 0.0
     return (waiting + kv + (b.inflight + 1) / b.max_inflight) / b.weight
 

@@ -21,6 +21,7 @@ from gateway.server.attempt import (
     error_message,
     failed_alike,
     is_connect,
+    post,
     retry_after_seconds,
     well_formed,
 )
@@ -35,7 +36,9 @@ from gateway.server.errors import (
     UpstreamTimeout,
 )
 from gateway.server.metrics import GatewayMetrics
+from gateway.server.pd import PrefillLegs
 from gateway.server.policy import RouteRequest
+from gateway.server.sendwatch import SendWatch
 from gateway.server.sse import EVENT_END, EventFramer, StreamMeter, usage
 
 SSE_HEADERS = {
@@ -46,11 +49,6 @@ SSE_HEADERS = {
 
 UPSTREAM_ERRORS = (aiohttp.ClientError, TimeoutError)
 MAX_FIRST_EVENT = 1 << 20  # a first event larger than this is not one
-# llama-server closes the connection after every streamed answer though it announced keep-alive;
-# a request sent on such a pooled connection in the instant before its close is seen fails with
-# nothing sent to the engine. Such a failure is retried on the same backend on another connection,
-# these many times, rather than taken for a dead backend.
-STALE_CONNECTION_RETRIES = 3
 
 
 @dataclass(slots=True)
@@ -91,6 +89,10 @@ class Proxy:
         self.admission = admission
         self.metrics = metrics
         self._loop = asyncio.get_running_loop()
+        self.prefill = PrefillLegs(session, metrics, strike=self._strike, failed=self._failed)
+        self.sends = SendWatch(
+            lambda: self.config.server.send_timeout_s, on_cut=metrics.send_timeouts.inc
+        )
 
     def reconfigure(self, config: GatewayConfig) -> None:
         self.config = config
@@ -142,27 +144,37 @@ class Proxy:
         self, request: web.Request, call: Call, backend: Backend, waited: float
     ) -> web.StreamResponse:
         backend.served += 1
-        sent_s = self._loop.time()
-        self.metrics.overhead.observe(max(0.0, sent_s - call.start_s - waited))
+        self.metrics.overhead.observe(max(0.0, self._loop.time() - call.start_s - waited))
         self.metrics.queue_wait.observe(waited)
         headers = {"Content-Type": "application/json", "X-Request-Id": call.request_id}
         if backend.config.api_key:
             headers["Authorization"] = f"Bearer {backend.config.api_key}"
+        if backend.config.role == "decode":  # a prefill worker computes its prompt meanwhile
+            pair = self.prefill.paired(self.admission, call.route, call.path, call.body, headers)
+            async with pair as body:
+                return await self._exchange(request, call, backend, body, headers)
+        return await self._exchange(request, call, backend, call.body, headers)
+
+    async def _exchange(
+        self, request: web.Request, call: Call, backend: Backend, body: bytes, headers: dict
+    ) -> web.StreamResponse:
+        up = None
         try:
-            up = await self._post(backend.url + call.path, data=call.body, headers=headers)
-        except UPSTREAM_ERRORS as e:
-            raise self._failed(backend, e) from None
-        try:
+            try:
+                up = await post(self.session, backend.url + call.path, data=body, headers=headers)
+            except UPSTREAM_ERRORS as e:
+                raise self._failed(backend, e) from None
             if up.status in RETRY_STATUS:
                 raise await self._refused(backend, up)
             if call.stream and up.status == 200:
                 return await self._relay(request, call, backend, up)
             return await self._whole(call, backend, up)
-        except asyncio.CancelledError:
-            self._finish(call, backend, "499", self._loop.time())  # the client went away
+        except asyncio.CancelledError:  # the client went away, before or after the headers
+            self._finish(call, backend, "499", self._loop.time())
             raise
         finally:
-            up.close()  # a no-op after a full read; otherwise frees the backend's slot at once
+            if up is not None:  # a no-op after a full read; else frees the backend's slot now
+                up.close()
 
     async def _whole(
         self, call: Call, backend: Backend, up: aiohttp.ClientResponse
@@ -197,6 +209,9 @@ class Proxy:
         except asyncio.CancelledError:
             self._count_tokens(call, meter.counts())  # a client that leaves pays what it got
             raise
+        except ConnectionResetError:  # gone as the headers or the end went out (never sent)
+            self._finish(call, backend, "499", self._loop.time(), meter)
+            return web.Response(status=499)
 
     async def _pump(
         self,
@@ -223,7 +238,7 @@ class Proxy:
                 meter.feed(events, loop.time())
                 last = events[-64:]
                 try:
-                    await self._send(resp, events)
+                    await self.sends.write(request, resp, events)
                 except ConnectionResetError:
                     self._finish(call, backend, "499", loop.time(), meter)  # "client closed"
                     return resp
@@ -243,46 +258,21 @@ class Proxy:
             return resp
         backend.answered()
         try:
-            await self._send(resp, None)
+            await self.sends.write(request, resp, None)
         except TimeoutError:
             self._stalled(request, call, backend, meter)
             return resp
         self._finish(call, backend, "200", loop.time(), meter)
         return resp
 
-    async def _send(self, resp: web.StreamResponse, data: bytes | None) -> None:
-        """Write (None: end the stream) unless the client stops reading for the send timeout,
-        as nginx's send_timeout: a client that reads nothing must not hold a slot for good."""
-        async with asyncio.timeout(self.config.server.send_timeout_s):
-            if data is None:
-                await resp.write_eof()
-            else:
-                await resp.write(data)
-
     def _stalled(
         self, request: web.Request, call: Call, backend: Backend, meter: StreamMeter
     ) -> None:
         """The client read nothing for the send timeout: drop it; returning frees the slot and
-        closes the upstream request."""
-        self.metrics.send_timeouts.inc()
+        closes the upstream request (the send watch counted it)."""
         if request.transport is not None:
             request.transport.abort()  # what it has not read is lost anyway
         self._finish(call, backend, "499", self._loop.time(), meter)
-
-    async def _post(
-        self, url: str, *, data: bytes, headers: Mapping[str, str]
-    ) -> aiohttp.ClientResponse:
-        """POST, retrying a pooled connection the server had closed (see STALE_CONNECTION_RETRIES):
-        a refused connection or a timeout is the backend's failure, not a stale connection's."""
-        for retry in range(STALE_CONNECTION_RETRIES + 1):
-            try:
-                return await self.session.post(url, data=data, headers=headers)
-            except aiohttp.ClientConnectorError:
-                raise
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-                if retry == STALE_CONNECTION_RETRIES:
-                    raise
-        raise AssertionError("unreachable")
 
     async def _first_event(self, backend: Backend, content: aiohttp.StreamReader) -> bytes:
         """What the backend sent up to its first whole SSE event, checked; Retry if broken."""
@@ -351,10 +341,7 @@ class Proxy:
         """A call that got no answer: a refused or reset connection is the backend's (out at
         once); a timeout may be the request's (a strike)."""
         timeout = isinstance(error, TimeoutError)
-        if timeout:
-            self._strike(backend, error)
-        else:
-            self._eject(backend, error)
+        (self._strike if timeout else self._eject)(backend, error)
         reason = "timeout" if timeout else "connect" if is_connect(error) else "disconnect"
         return Retry(reason, f"{backend.name}: {describe(error)}", timeout=timeout)
 

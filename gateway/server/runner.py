@@ -19,8 +19,9 @@ import shutil
 import signal
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -121,7 +122,7 @@ def serve(config: GatewayConfig, *, workers: int = 1, load: Loader | None = None
     )
     pids = [c.pid for c in children if c.pid is not None]
     try:
-        asyncio.run(
+        run(
             _serve_until_signal(
                 config, sock=sock, load=load, forward_to=pids, limits_sock=limits_sock
             )
@@ -137,7 +138,19 @@ def serve(config: GatewayConfig, *, workers: int = 1, load: Loader | None = None
 
 def _worker(config: GatewayConfig, port: int, load: Loader | None, limits: str | None) -> None:
     _logging()
-    asyncio.run(_serve_until_signal(config, port=port, load=load, parent_limits=limits))
+    run(_serve_until_signal(config, port=port, load=load, parent_limits=limits))
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Run the server's coroutine on uvloop where it is installed (a dependency on Linux and
+    macOS: its event loop costs less per request and per streamed write), else asyncio's."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional where it does not build
+    except ImportError:
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
 
 
 def _unix_socket(path: str) -> socket.socket:

@@ -1,4 +1,5 @@
-"""Engine load from each backend's own /metrics: vLLM's current and older names, llama.cpp's.
+"""Engine load from each backend's own /metrics: vLLM's current and older names, llama.cpp's,
+SGLang's (`--enable-metrics`: python/sglang/srt/metrics/collector.py).
 
 Only the few series the engine-aware policy needs are read, line by line, without a full
 Prometheus parse: a vLLM exposition is mostly histogram buckets we would throw away. llama.cpp's
@@ -15,10 +16,19 @@ import aiohttp
 
 from gateway.server.backend import Backend, EngineLoad
 
-RUNNING = ("vllm:num_requests_running", "llamacpp:requests_processing")
-WAITING = ("vllm:num_requests_waiting", "llamacpp:requests_deferred")
-KV = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "llamacpp:kv_cache_usage_ratio")
-GENERATED = ("vllm:generation_tokens_total", "llamacpp:tokens_predicted_total")
+RUNNING = ("vllm:num_requests_running", "llamacpp:requests_processing", "sglang:num_running_reqs")
+WAITING = ("vllm:num_requests_waiting", "llamacpp:requests_deferred", "sglang:num_queue_reqs")
+KV = (
+    "vllm:kv_cache_usage_perc",
+    "vllm:gpu_cache_usage_perc",
+    "llamacpp:kv_cache_usage_ratio",
+    "sglang:token_usage",  # KV pool tokens in use over its size
+)
+GENERATED = (
+    "vllm:generation_tokens_total",
+    "llamacpp:tokens_predicted_total",
+    "sglang:generation_tokens_total",
+)
 WANTED = {
     **dict.fromkeys(RUNNING, "running"),
     **dict.fromkeys(WAITING, "waiting"),
@@ -97,5 +107,6 @@ class Scraper:
         b.load = engine_load(
             series, previous=b.load, generated_before=self._generated.get(b.name), now=now
         )
+        b.inflight_at_scrape = b.inflight
         if "generated" in series:
             self._generated[b.name] = series["generated"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 POLICIES = ("round_robin", "least_outstanding", "engine_aware", "affinity")
+ROLES = ("both", "prefill", "decode")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -17,6 +18,9 @@ class BackendConfig:
     weight: float = 1.0  # relative capacity: a card twice as fast gets 2
     api_key: str | None = None  # resolved from `api_key_env` by the CLI
     drain: bool = False  # in-flight requests finish, new ones go elsewhere
+    # both: a whole engine; prefill / decode: one side of a disaggregated (SGLang PD) pair
+    role: str = "both"
+    bootstrap_port: int | None = None  # a prefill worker's; None: the workers' own default
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,9 +8,10 @@ it, replaces the count at the end.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
+
+from gateway.server import fastjson
 
 USAGE_RE = re.compile(rb'"(prompt_tokens|completion_tokens)"\s*:\s*(\d+)')
 
@@ -89,7 +90,7 @@ def _is_token(event: bytes) -> bool:
     if not data or data == b"[DONE]":
         return False
     try:
-        body = json.loads(data)
+        body = fastjson.loads(data)
     except ValueError:
         return False
     choices = body.get("choices") if isinstance(body, dict) else None
@@ -125,7 +126,10 @@ class EventFramer:
 
     def push(self, chunk: bytes) -> tuple[bytes, bytes | None]:
         """(whole events ready to relay, the first malformed event or None)."""
-        data = self._tail + chunk
+        data = self._tail + chunk if self._tail else chunk
+        if _one_data_event(data):  # the common case: one `data: {...}` event per read
+            self._tail = b""
+            return data, None
         end = data.rfind(b"\n\n") + 2
         if end == 1:  # no LF LF: perhaps CR LF CR LF, or no event end at all
             ends = [m.end() for m in EVENT_END.finditer(data)]
@@ -135,6 +139,16 @@ class EventFramer:
             if event and not looks_whole(event):
                 return b"", event
         return ready, None
+
+
+def _one_data_event(data: bytes) -> bool:
+    """One whole single-line `data: {...}` event, ended by LF LF, and nothing else: what vLLM,
+    SGLang and llama.cpp send for every token (checked without splitting or a regex)."""
+    return (
+        data.startswith(b"data: {")
+        and data.endswith(b"}\n\n")
+        and data.find(b"\n") == len(data) - 2
+    )
 
 
 def looks_whole(event: bytes) -> bool:

@@ -1,0 +1,69 @@
+"""The stream relay's event framer: whole events only, malformed ones caught, and the one-event
+fast path agreeing with the general one."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.server.attempt import well_formed
+from gateway.server.sse import EventFramer, StreamMeter
+
+E1 = b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n'
+E2 = b'data: {"choices":[{"delta":{"content":"b"}}]}\n\n'
+
+
+@pytest.mark.parametrize(
+    ("chunks", "relayed", "bad", "pending"),
+    [
+        ([E1], [E1], None, b""),  # the fast path
+        ([E1 + E2], [E1 + E2], None, b""),
+        ([E1[:10], E1[10:]], [b"", E1], None, b""),  # an event split across reads
+        ([E1 + E2[:7]], [E1], None, E2[:7]),
+        ([b"data: [DONE]\n\n"], [b"data: [DONE]\n\n"], None, b""),
+        ([b": ping\n\n" + E1], [b": ping\n\n" + E1], None, b""),
+        ([E1.replace(b"\n\n", b"\r\n\r\n")], [E1.replace(b"\n\n", b"\r\n\r\n")], None, b""),
+        ([b'data: {"x": 1\n\n'], [b""], b'data: {"x": 1', b""),  # cut JSON
+        ([b"garbage\n\n"], [b""], b"garbage", b""),
+        ([b'data: {"a":1}\ndata: {"b":2}\n\n'], [b'data: {"a":1}\ndata: {"b":2}\n\n'], None, b""),
+    ],
+)
+def test_framer(
+    chunks: list[bytes], relayed: list[bytes], bad: bytes | None, pending: bytes
+) -> None:
+    f = EventFramer()
+    out, last_bad = [], None
+    for c in chunks:
+        ready, last_bad = f.push(c)
+        out.append(ready)
+    assert out == relayed
+    assert last_bad == bad
+    if bad is None:
+        assert f.pending == pending
+
+
+NEG_INF = (
+    b'data: {"choices":[{"delta":{"content":"a"},"logprobs":{"content":[{"logprob":-Infinity}]}}]}'
+)
+
+
+@pytest.mark.parametrize(
+    ("event", "whole"),
+    [
+        (E1.strip(), True),
+        (NEG_INF, True),  # orjson refuses -Infinity, Python's json (and engines) write it
+        (b'data: {"big": 123456789012345678901234567890}', True),
+        (b"data: [1, 2]", False),  # JSON, but not an object
+        (b'data: {"x": 1', False),
+    ],
+)
+def test_the_stream_path_json_reads_what_the_standard_library_reads(
+    event: bytes, whole: bool
+) -> None:
+    assert well_formed(event) is whole
+
+
+def test_a_first_token_with_an_infinite_logprob_is_timed() -> None:
+    ttfts: list[float] = []
+    meter = StreamMeter(start_s=0.0, ttft=ttfts.append, itl=lambda _: None)
+    meter.feed(NEG_INF + b"\n\n", 0.25)
+    assert ttfts == [0.25] and meter.tokens == 1
