@@ -142,10 +142,11 @@ class Result:
 
 
 async def request(
-    http: aiohttp.ClientSession, url: str, *, max_tokens: int, stream: bool = True
+    http: aiohttp.ClientSession, url: str, *, max_tokens: int, stream: bool = True, **extra: Any
 ) -> Result:
-    """A /v1/completions request, read to the end; never raises for HTTP or stream errors."""
-    body = {"model": MODEL, "prompt": "Tell me a story.", "max_tokens": max_tokens}
+    """A /v1/completions request, read to the end; never raises for HTTP or stream errors.
+    `extra` goes into the body as it is (`ignore_eos=True` for llama-server)."""
+    body = {"model": MODEL, "prompt": "Tell me a story.", "max_tokens": max_tokens, **extra}
     if stream:
         body["stream"] = True
     t0 = time.monotonic()
