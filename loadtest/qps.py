@@ -24,7 +24,9 @@ import http.client
 import json
 import logging
 import math
+import os
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -75,7 +77,11 @@ class Load:
         start = time.time()
         self.start = min(self.start, start)
         for due in arrivals(
-            self.options.target_qps / total, start=start, seed=seed, kind=self.options.arrival
+            self.options.target_qps / total,
+            start=start,
+            seed=seed,
+            kind=self.options.arrival,
+            edges=self.window_edges(),
         ):
             delay = due - time.time()
             if delay > 0:
@@ -83,6 +89,16 @@ class Load:
             rec = Record(scheduled=due)
             self.records.append(rec)
             self.requests.spawn(self._request, rec, self.prompts.body(rng))
+
+    def window_edges(self) -> list[float]:
+        """The judged window's ends, in seconds from the start: after the warm-up, and before
+        the cool-down when the run has a length (-t, passed on to workers as our own option)."""
+        s = self.options.settings
+        edges = [s.warmup_s]
+        run_time = getattr(self.env.parsed_options, "cardinal_run_time", None)
+        if run_time:
+            edges.append(float(run_time) - s.cooldown_s)
+        return edges
 
     def _connection(self) -> http.client.HTTPConnection:
         return self._idle.pop() if self._idle else self._new_connection()
@@ -183,6 +199,7 @@ class RunState:
         self.load: Load | None = None
         self.payloads: list[dict[str, Any]] = []  # master: what each worker sent
         self.verdict: gevent.Greenlet | None = None
+        self.interrupted = False  # Ctrl-C: the run ends with no verdict
 
 
 def _state(environment: Environment) -> RunState:
@@ -216,7 +233,25 @@ def _init(environment: Environment, **_: Any) -> None:
     if not isinstance(runner, WorkerRunner) and environment.parsed_options is not None:
         # workers get the master's custom options with the spawn message, not -u: pass it on
         environment.parsed_options.cardinal_users = environment.parsed_options.num_users
+        environment.parsed_options.cardinal_run_time = environment.parsed_options.run_time
         _options_or_exit(environment)
+        # installed, not inherited: a shell starts a background job with SIGINT ignored
+        gevent.signal_handler(signal.SIGINT, _interrupt, environment)
+    # the event loop's clock stands where it stood before the imports and the plan were read
+    # (seconds on a busy machine): -t's timer, set next from it, would end the run that much early
+    gevent.get_hub().loop.update_now()
+
+
+def _interrupt(environment: Environment) -> None:
+    """Ctrl-C: no verdict on a half-run. Exit 130 through Locust's own shutdown (its SIGTERM
+    path: the quitting hooks, the users stopped, the stats printed)."""
+    state = _state(environment)
+    if state.interrupted:
+        return
+    state.interrupted = True
+    environment.process_exit_code = 128 + signal.SIGINT
+    sys.stderr.write("loadtest/qps.py: interrupted: no verdict\n")
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _options_or_exit(environment: Environment) -> Options:
@@ -245,6 +280,8 @@ def _test_start(environment: Environment, **_: Any) -> None:
 def _test_stop(environment: Environment, **_: Any) -> None:
     stop = time.time()
     runner = environment.runner
+    if _state(environment).interrupted:
+        return
     if isinstance(runner, MasterRunner):
         _state(environment).verdict = gevent.spawn(_judge_distributed, environment, stop)
         return
@@ -295,12 +332,16 @@ def _conclude(environment: Environment, payloads: list[dict[str, Any]], stop: fl
         cpu = cpu or runner.worker_cpu_warning_emitted or runner.cpu_warning_emitted
     if not payloads:
         log.error("no records reached the verdict (no worker reported)")
+    run_time = getattr(environment.parsed_options, "cardinal_run_time", None)
+    if run_time:  # the window ends on the arrivals' block edge, not when the timer fired after it
+        stop = min(stop, start + float(run_time))
     verdict = judge(records, options.settings, start=start, stop=stop, cpu_overloaded=cpu)
     print(render(verdict, options.settings), flush=True)
     environment.process_exit_code = verdict.code if payloads else INVALID
     o = environment.parsed_options
     if o.summary_json:
         summary = {
+            "start": start,  # time.time() of the first schedule; the window is from there
             "verdict": verdict.as_dict(),
             "settings": options.settings.__dict__,
             "records": len(records),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -66,28 +66,49 @@ class Record:
         return asdict(self)
 
 
-def arrivals(rate: float, *, start: float, seed: int, kind: str = "poisson") -> Iterator[float]:
+def arrivals(
+    rate: float,
+    *,
+    start: float,
+    seed: int,
+    kind: str = "poisson",
+    edges: Sequence[float] = (),
+) -> Iterator[float]:
     """Intended start times from `start` on, forever.
 
     Poisson arrivals are drawn as a Poisson process conditioned on its count per block of about
     BLOCK_ARRIVALS arrivals (at least 1 s): each block gets exactly rate x block arrivals (the
     fraction carried over) at uniform random times. Within a block the bursts are Poisson's, while
     the offered rate cannot drift from the target the way a short run of free exponential gaps
-    does (+-5 % over 400 requests)."""
+    does (+-5 % over 400 requests). `edges` (seconds after `start`: the judged window's ends)
+    fall on block boundaries, so the window holds whole blocks at any rate: its offered rate is
+    the target's to within one request."""
     rng = random.Random(seed)
-    block_s = max(1.0, BLOCK_ARRIVALS / rate)
-    owed, block = 0.0, 0
-    while True:
-        t0 = start + block * block_s
+    owed = 0.0
+    for t0, block_s in _blocks(max(1.0, BLOCK_ARRIVALS / rate), sorted(e for e in edges if e > 0)):
         owed += rate * block_s
         n = int(owed)
         owed -= n
+        t0 += start
         if kind == "constant":
             times = [t0 + i * block_s / n for i in range(n)]
         else:
             times = sorted(t0 + rng.random() * block_s for _ in range(n))
         yield from times
-        block += 1
+
+
+def _blocks(block_s: float, edges: list[float]) -> Iterator[tuple[float, float]]:
+    """(start, length) of each block: up to each edge in whole blocks of about `block_s`, then
+    `block_s` each, forever."""
+    t = 0.0
+    for edge in edges:
+        n = max(1, round((edge - t) / block_s))
+        for i in range(n):
+            yield t + i * (edge - t) / n, (edge - t) / n
+        t = edge
+    while True:
+        yield t, block_s
+        t += block_s
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,6 +110,20 @@ def test_poisson_arrivals_offer_the_rate_exactly_over_a_short_run(rate: float) -
     assert gaps[len(gaps) // 10] < 0.35 / rate < gaps[-len(gaps) // 10]  # bursty, not a metronome
 
 
+@pytest.mark.parametrize("rate", [1.5, 500])
+def test_the_judged_window_offers_the_target_at_any_rate(rate: float) -> None:
+    """Window edges that cut the blocks (at 1.5 QPS a block is 13.3 s): the window still holds
+    the target rate to within one request a driver, and within 2 %."""
+    lo, hi = 3.3, 3.3 + max(40.0, 60 / rate) + 0.37
+    for seed in range(20):
+        stream = arrivals(rate, start=100.0, seed=seed, edges=(lo, hi))
+        n = 0
+        while (t := next(stream) - 100.0) < hi:
+            n += lo <= t
+        assert abs(n - rate * (hi - lo)) <= 1
+        assert n / (hi - lo) == pytest.approx(rate, rel=0.02)
+
+
 # -- the locustfile against real servers ----------------------------------------------------------
 
 
@@ -171,6 +186,35 @@ def test_a_fleet_that_keeps_up_passes(cards: list[str], plan_path: Path, tmp_pat
     assert run.returncode == PASS, run.stdout + run.stderr
     v = _summary(out)
     assert v["completed_qps"] == pytest.approx(WORKLOAD.target_qps, rel=0.05)
+    assert v["window"][1] == pytest.approx(14 - 4, abs=0.25)  # -t counts from the first request
+    assert v["offered_qps"] == pytest.approx(WORKLOAD.target_qps, rel=0.02)  # whole blocks
+
+
+def test_ctrl_c_stops_the_run_with_no_verdict(
+    cards: list[str], plan_path: Path, tmp_path: Path
+) -> None:
+    """SIGINT mid-run, Locust started as a background job is (SIGINT ignored): out within 5 s,
+    exit 130, no verdict printed, no summary written."""
+    out = tmp_path / "s.json"
+    cmd = [str(BIN / "locust"), "-f", "loadtest/qps.py", "--headless", "-t", "60s"]
+    cmd += ["--host", cards[0], "--plan", str(plan_path), "--summary-json", str(out)]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    time.sleep(6)  # the users are sending by now
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=30)
+    took = time.monotonic() - t0
+    assert proc.returncode == 130, stdout[-2000:] + stderr[-2000:]
+    assert took < 5, f"took {took:.1f} s"
+    assert "interrupted: no verdict" in stderr
+    assert "Cardinal verdict" not in stdout and not out.exists()
 
 
 def test_open_loop_holds_the_rate_where_closed_loop_falls_behind(

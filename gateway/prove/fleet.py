@@ -1,5 +1,5 @@
 """The processes a proof run starts: simulated cards and the gateway, each a `cardinal` command,
-stopped with SIGTERM when the run ends."""
+stopped with SIGTERM when the run ends; on an interrupt all of them at once (stop_all)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -19,9 +20,15 @@ import yaml
 
 from gateway import planfile
 from gateway.planfile import PlanFile
-from gateway.render.gateway_config import SERVE_SLOTS, serve_data
+from gateway.render.fleet import SERVE_SLOTS
+from gateway.render.gateway_config import serve_data
 
-CARDS_PER_PROCESS = 12  # `make bench` keeps loop lag p99 < 5 ms well above this on 2 cores
+CARDS_PER_PROCESS = 12  # `make bench` keeps loop lag p99 < 10 ms well above this on 2 cores
+STOP_S = 20  # a child's graceful stop (the gateway drains its streams)
+INTERRUPTED_STOP_S = 2  # after an interrupt: nothing is judged, so nothing is worth waiting for
+
+_LIVE: set[subprocess.Popen[Any]] = set()
+_INTERRUPTED = threading.Event()
 
 
 class FleetError(RuntimeError):
@@ -71,18 +78,48 @@ def wait_ready(url: str, proc: subprocess.Popen[Any] | None, *, timeout_s: float
 
 @contextmanager
 def process(argv: list[str], *, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("ab") as out:
+    """`argv` running with its output in `log`, started afresh: a report directory reused by
+    another run must not carry that run's lines (its simulator warnings would void this one)."""
+    with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    try:
+    with tracked(proc):
         yield proc
+
+
+@contextmanager
+def tracked(proc: subprocess.Popen[Any]) -> Iterator[None]:
+    """Stop `proc` when the block ends (SIGTERM, then SIGKILL after STOP_S, or after
+    INTERRUPTED_STOP_S once the run is interrupted); stop_all reaches it meanwhile."""
+    _LIVE.add(proc)
+    try:
+        yield
     finally:
+        _LIVE.discard(proc)
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=INTERRUPTED_STOP_S if _INTERRUPTED.is_set() else STOP_S)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def stop_all() -> bool:
+    """An interrupt: SIGTERM to every process this run started, at once, so their stops overlap
+    instead of queueing one after another as the run unwinds. False when the run was already
+    interrupted (a second Ctrl-C must not cut the cleanup short)."""
+    if _INTERRUPTED.is_set():
+        return False
+    _INTERRUPTED.set()
+    for proc in list(_LIVE):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    return True
+
+
+def new_run() -> None:
+    """A run starts uninterrupted (the flag outlives a run when prove runs in-process)."""
+    _INTERRUPTED.clear()
 
 
 @dataclass(frozen=True)
@@ -92,18 +129,23 @@ class Cards:
 
 
 @contextmanager
-def sim_cards(plan_path: Path, *, cards: int, tokens_per_event: int, logs: Path) -> Iterator[Cards]:
-    """`cards` simulated cards of the plan, CARDS_PER_PROCESS to a process."""
+def sim_cards(
+    plan_path: Path, *, cards: int, tokens_per_event: int, logs: Path, role: str = "replica"
+) -> Iterator[Cards]:
+    """`cards` simulated cards of the plan (`role`: its replicas, or groups of its at-scale
+    layout), CARDS_PER_PROCESS to a process."""
     base = free_ports(cards)
     urls = [f"http://127.0.0.1:{base + i}" for i in range(cards)]
     files = []
     with ExitStack() as stack:
         for first in range(0, cards, CARDS_PER_PROCESS):
             n = min(CARDS_PER_PROCESS, cards - first)
-            log = logs / f"sim-{first // CARDS_PER_PROCESS}.log"
+            tag = "" if role == "replica" else f"{role}-"
+            log = logs / f"sim-{tag}{first // CARDS_PER_PROCESS}.log"
             files.append(log)
             argv = [cardinal(), "sim", "--plan", str(plan_path), "--cards", str(n)]
             argv += ["--port", str(base + first), "--tokens-per-event", str(tokens_per_event)]
+            argv += [] if role == "replica" else ["--role", role]
             proc = stack.enter_context(process(argv, log=log))
             wait_ready(urls[first + n - 1] + "/health", proc)
         yield Cards(urls=urls, logs=files)
@@ -111,16 +153,24 @@ def sim_cards(plan_path: Path, *, cards: int, tokens_per_event: int, logs: Path)
 
 @contextmanager
 def gateway(
-    plan_path: Path, *, backends: list[str], log: Path, slots: Sequence[int | None] = ()
+    plan_path: Path,
+    *,
+    backends: list[str],
+    log: Path,
+    slots: Sequence[int | None] = (),
+    config: dict[str, Any] | None = None,
 ) -> Iterator[str]:
     """`cardinal serve` over the plan's `backends`, each with the plan's batch as its slots,
-    or with its own where `slots` gives them (written to a gateway.yaml beside `log`)."""
+    or with its own where `slots` gives them; `config` (a gateway.yaml's data, no `listen`)
+    instead of either. A written config goes to a gateway.yaml beside `log`."""
     port = free_ports(1)
     argv = [cardinal(), "serve", "--plan", str(plan_path), "--backends", *backends]
-    if any(slots):
-        config = log.with_suffix(".yaml")
-        config.write_text(yaml.safe_dump(gateway_config(plan_path, backends, slots)))
-        argv = [cardinal(), "serve", "--config", str(config)]
+    if config is None and any(slots):
+        config = gateway_config(plan_path, backends, slots)
+    if config is not None:
+        path = log.with_suffix(".yaml")
+        path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        argv = [cardinal(), "serve", "--config", str(path)]
     argv += ["--listen", f"127.0.0.1:{port}"]
     with process(argv, log=log) as proc:
         url = f"http://127.0.0.1:{port}"
@@ -138,11 +188,5 @@ def gateway_config(
 ) -> dict[str, Any]:
     plan = planfile.read(plan_path.read_text(encoding="utf-8"))
     data = serve_data(plan, urls=urls, listen="127.0.0.1:8080", slots=slots)
-    return {"backends": data["backends"]}  # `cardinal serve --listen` gives the address
-
-
-def lagging(logs: list[Path]) -> bool:
-    """Did a simulator warn that it fell behind real time (which voids the run)?"""
-    return any(
-        "falling behind real time" in p.read_text(errors="replace") for p in logs if p.exists()
-    )
+    del data["listen"]  # `cardinal serve --listen` gives the address
+    return data

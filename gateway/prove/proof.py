@@ -12,8 +12,9 @@ from pathlib import Path
 
 from gateway import planfile
 from gateway.planfile import PlanFile
+from gateway.prove.at_scale import prove_at_scale
 from gateway.prove.binding import binding_constraint
-from gateway.prove.fleet import gateway, lagging, plan_batch, sim_cards
+from gateway.prove.fleet import gateway, plan_batch, sim_cards
 from gateway.prove.report import write_report
 from gateway.prove.trial import Trial, run_trial, slots, wait_idle
 
@@ -34,9 +35,12 @@ class ProveOptions:
     sweep: bool = False
     check_minimal: bool = False
     tokens_per_event: int = 4
+    at_scale: bool = False  # the plan's at-scale layout (prove/at_scale.py), not its replicas
 
 
 def prove(o: ProveOptions, *, say: Callable[[str], None] = print) -> int:
+    if o.at_scale:
+        return prove_at_scale(o, say=say, outcome=_outcome)
     plan = planfile.read(o.plan_path.read_text(encoding="utf-8"))
     if not plan.fits:
         raise planfile.PlanFileError("the plan does not fit; nothing to prove", field="fit.kind")
@@ -45,7 +49,7 @@ def prove(o: ProveOptions, *, say: Callable[[str], None] = print) -> int:
     o.report.mkdir(parents=True, exist_ok=True)
     seqs = plan.replica_concurrency
     with ExitStack() as stack:
-        urls, logs = _fleet(stack, o, n)
+        urls = _fleet(stack, o, n)
         own = engine_slots(urls, plan, say) if o.backends else []
         gw = o.gateway or stack.enter_context(
             gateway(o.plan_path, backends=urls, log=o.report / "gateway.log", slots=own)
@@ -74,14 +78,10 @@ def prove(o: ProveOptions, *, say: Callable[[str], None] = print) -> int:
         say(f"binding constraint: {binding}")
         minimal = _minimal(stack, o, run, target, urls, own, say) if o.check_minimal else None
         start = (plan.replica.capacity_qps or target / n) * n  # search around the plan
-        sweep = search_rate(lambda q: run(f"sweep-{q:.2f}", q, gw, urls), start) if o.sweep else []
-        invalid = lagging(logs)
+        sweep = _sweep(lambda q: run(f"sweep-{q:.2f}", q, gw, urls), start, say) if o.sweep else []
     code = _outcome(main, minimal, say)
     if sweep:
         _report_sweep(sweep, plan, n, say)
-    if invalid:
-        say("INVALID: a simulator fell behind real time (see its log); the figures are void")
-        code = 2
     page = write_report(
         o.report, plan=plan, main=main, binding=binding, sweep=sweep, minimal=minimal
     )
@@ -101,16 +101,16 @@ def engine_slots(urls: list[str], plan: PlanFile, say: Callable[[str], None]) ->
     return found
 
 
-def _fleet(stack: ExitStack, o: ProveOptions, n: int) -> tuple[list[str], list[Path]]:
-    """The cards' URLs (started here unless given) and the simulators' logs."""
+def _fleet(stack: ExitStack, o: ProveOptions, n: int) -> list[str]:
+    """The cards' URLs (started here unless given)."""
     if o.backends:
-        return list(o.backends), []
+        return list(o.backends)
     if o.gateway:
-        return [], []
+        return []
     cards = stack.enter_context(
         sim_cards(o.plan_path, cards=n, tokens_per_event=o.tokens_per_event, logs=o.report)
     )
-    return cards.urls, cards.logs
+    return cards.urls
 
 
 def _minimal(
@@ -139,7 +139,7 @@ def _outcome(main: Trial, minimal: Trial | None, say: Callable[[str], None]) -> 
     if minimal.passed:
         say(f"plan is padded: {minimal.cards} card(s) also meet the target")
         return 1
-    if minimal.code == 2:
+    if minimal.invalid:
         say(f"{minimal.cards} card(s): INVALID, so minimality is not shown")
         return 2
     say(
@@ -149,15 +149,30 @@ def _outcome(main: Trial, minimal: Trial | None, say: Callable[[str], None]) -> 
     return 0
 
 
+class SweepVoid(Exception):
+    """A rate judged INVALID twice: the sweep cannot say whether it passes, so it says nothing."""
+
+    def __init__(self, q: float) -> None:
+        super().__init__(
+            f"sweep void: the trial at {q:.2f} QPS was INVALID twice (the load generator or a "
+            "simulator could not keep real time), so no capacity is read from the sweep"
+        )
+
+
 def search_rate(
     run: Callable[[float], Trial], start: float, *, max_trials: int = SWEEP_TRIALS
 ) -> list[Trial]:
     """Highest passing rate: bracket in steps of SWEEP_STEP, then bisect geometrically. Used by
-    `prove --sweep` and by `cardinal calibrate`."""
+    `prove --sweep` and by `cardinal calibrate`. An INVALID trial is not a FAIL: it is run
+    again once, and a second INVALID voids the sweep (SweepVoid)."""
     trials: list[Trial] = []
 
     def passes(q: float) -> bool:
         trials.append(run(q))
+        if trials[-1].invalid:
+            trials.append(run(q))
+            if trials[-1].invalid:
+                raise SweepVoid(q)
         return trials[-1].passed
 
     lo, hi = (start, math.inf) if passes(start) else (0.0, start)
@@ -168,6 +183,14 @@ def search_rate(
         q = math.sqrt(lo * hi)
         lo, hi = (q, hi) if passes(q) else (lo, q)
     return trials
+
+
+def _sweep(run: Callable[[float], Trial], start: float, say: Callable[[str], None]) -> list[Trial]:
+    try:
+        return search_rate(run, start)
+    except SweepVoid as e:
+        say(str(e))
+        return []
 
 
 def highest_passing(trials: list[Trial]) -> float:

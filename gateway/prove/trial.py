@@ -16,6 +16,8 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 import loadtest
+from gateway.prove.fleet import tracked
+from gateway.prove.simlag import LagCount, judge_lag, lag_check, lag_count
 
 QPS_LOCUSTFILE = Path(loadtest.__file__).with_name("qps.py")
 SAMPLE_EVERY_S = 2.0
@@ -52,6 +54,11 @@ class Trial:
     @property
     def passed(self) -> bool:
         return self.code == 0
+
+    @property
+    def invalid(self) -> bool:
+        """Not judged: qps.py exits 2 when its generator could not keep the schedule."""
+        return self.code == 2
 
 
 def metrics(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -124,9 +131,12 @@ def run_trial(
     out_dir: Path,
     progress: Callable[[str], None],
     scenario: Sequence[str] = (),
+    lag_also: Sequence[str] = (),
 ) -> Trial:
     """Run qps.py headless at `target_qps` for `duration_s`; sample the fleet every 2 s.
-    `scenario`: more qps.py flags (all of the workload when there is no plan file)."""
+    `scenario`: more qps.py flags (all of the workload when there is no plan file). A simulated
+    card whose loop ran late in the judged window makes the trial INVALID; `lag_also`: more
+    simulated cards to judge so (a PD fleet's prefill workers, which answer no client)."""
     summary, records = out_dir / f"{name}.summary.json", out_dir / f"{name}.records.csv"
     argv = [str(Path(sys.executable).with_name("locust")), "-f", str(QPS_LOCUSTFILE)]
     argv += ["--headless", "--only-summary", "--host", gateway, "-t", f"{round(duration_s)}s"]
@@ -134,30 +144,45 @@ def run_trial(
     argv += [*scenario, "--target-qps", f"{target_qps:g}"]
     argv += ["--summary-json", str(summary), "--records-csv", str(records)]
     samples: list[Sample] = []
+    lag_urls = [*cards, *lag_also]
+    lags = [_lags(lag_urls)]  # (time, each card's loop lag so far), for the judged window
     with (out_dir / f"{name}.locust.log").open("w") as log:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True)
-        watcher = threading.Thread(
-            target=_watch, args=(proc, gateway, cards, samples, duration_s, progress), daemon=True
-        )
-        watcher.start()
-        out, _ = proc.communicate()
-        watcher.join(timeout=5)
+        with tracked(proc):  # an interrupt stops Locust too, with no verdict read from it
+            watcher = threading.Thread(
+                target=_watch,
+                args=(proc, gateway, cards, samples, duration_s, progress),
+                kwargs={"lags": lags, "lag_urls": lag_urls},
+                daemon=True,
+            )
+            watcher.start()
+            out, _ = proc.communicate()
+            watcher.join(timeout=5)
         log.write(out)
     if not summary.exists():
         raise RuntimeError(f"Locust wrote no verdict (exit {proc.returncode}); see {log.name}")
     data = json.loads(summary.read_text())
     table = out[out.find("Cardinal verdict") :].split("\n[")[0].rstrip()
+    code, verdict = proc.returncode, data["verdict"]
+    lags.append(_lags(lag_urls))
+    lo, hi = (data["start"] + edge for edge in verdict["window"])
+    if (check := lag_check(lags, lo, hi)) is not None:
+        code, table = judge_lag(check, code=code, verdict=verdict, table=table)
     return Trial(
         name=name,
         target_qps=target_qps,
         cards=len(cards),
-        code=proc.returncode,
-        verdict=data["verdict"],
+        code=code,
+        verdict=verdict,
         settings=data["settings"],
         records_csv=records,
         table=table,
         samples=samples,
     )
+
+
+def _lags(cards: list[str]) -> tuple[float, list[LagCount | None]]:
+    return time.time(), [lag_count(metrics(c)) for c in cards]
 
 
 def _watch(
@@ -167,6 +192,9 @@ def _watch(
     samples: list[Sample],
     duration_s: float,
     progress: Callable[[str], None],
+    *,
+    lags: list[tuple[float, list[LagCount | None]]],
+    lag_urls: list[str],
 ) -> None:
     t0 = time.monotonic()
     last_print = 0.0
@@ -175,6 +203,7 @@ def _watch(
         s = sample(gateway, cards, time.monotonic() - t0)
         prev = samples[-1] if samples else None
         samples.append(s)
+        lags.append(_lags(lag_urls))
         if prev and s.t - last_print >= 5:
             last_print = s.t
             rate = (s.requests - prev.requests) / (s.t - prev.t)
