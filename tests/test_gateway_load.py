@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.gateway_harness import (
     card_config,
@@ -114,6 +115,17 @@ async def test_engine_aware_beats_round_robin_on_ttft_with_a_slow_card(
     assert slow_share["engine_aware"] < 0.85 * slow_share["round_robin"]
 
 
+async def first_tokens(http: aiohttp.ClientSession, url: str) -> float:
+    """How many answers a simulated card has sent a first token of (its TTFT histogram)."""
+    async with http.get(url + "/metrics") as r:
+        text = await r.text()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "vllm:time_to_first_token_seconds_count":
+                return s.value
+    return 0.0
+
+
 @pytest.mark.asyncio
 async def test_a_card_killed_mid_load_then_readmitted(http: aiohttp.ClientSession) -> None:
     cards = [card_config(**SPEED) for _ in range(3)]
@@ -123,8 +135,13 @@ async def test_a_card_killed_mid_load_then_readmitted(http: aiohttp.ClientSessio
         load = asyncio.create_task(
             closed_loop(http, f.gateway.url, workers=9, requests=36, max_tokens=200)
         )
-        await asyncio.sleep(0.2)
         victim = f.cards[2]
+        # kill once card-2 has sent first tokens on two streams (none ends in its first 0.7 s),
+        # so some are cut after their first bytes: a fixed wait could land before any
+        deadline = loop.time() + 10
+        while await first_tokens(http, victim.url) < 2:
+            assert loop.time() < deadline, "card-2 never started two answers"
+            await asyncio.sleep(0.01)
         port = int(victim.url.rsplit(":", 1)[1])
         await victim.stop()  # in-flight streams are cut after a 0.2 s grace
         gone_s = time.monotonic()
