@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from verdict import Settings
+from verdict import Settings, min_requests
 
 DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
 UNIT_S = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -55,6 +55,12 @@ def add_options(parser: Any) -> None:
     add("--slo-percentile", env_var="LOCUST_SLO_PERCENTILE", default="95")
     add("--attainment", env_var="LOCUST_ATTAINMENT", default="0.9", help="share meeting every SLO")
     add("--max-error-rate", env_var="LOCUST_MAX_ERROR_RATE", default="0.01")
+    add("--min-window", env_var="LOCUST_MIN_WINDOW", default="10s", help="shortest judged window")
+    add(
+        "--min-requests",
+        env_var="LOCUST_MIN_REQUESTS",
+        help="fewest requests judged (default: 5 beyond the SLO percentile, 100 for p95)",
+    )
     add("--request-timeout", env_var="LOCUST_REQUEST_TIMEOUT", default="300s")
     add("--seed", env_var="LOCUST_SEED", default="0")
     add("--summary-json", env_var="LOCUST_SUMMARY_JSON", help="write the verdict here")
@@ -109,6 +115,10 @@ class Options:
             attainment=_share("--attainment", o.attainment),
             max_error_rate=_share("--max-error-rate", o.max_error_rate),
             stream=self.stream,
+            min_window_s=_duration("--min-window", o.min_window),
+            min_requests=_count("--min-requests", o.min_requests)
+            if o.min_requests
+            else min_requests(_number("--slo-percentile", o.slo_percentile)),
         )
         if not 0 < self.settings.percentile <= 100:
             raise OptionError("--slo-percentile", "must be in (0, 100]")
@@ -151,6 +161,13 @@ def _share(option: str, value: Any) -> float:
     if not 0 <= number <= 1:
         raise OptionError(option, f"must be between 0 and 1 (or 0-100%), got {value!r}")
     return number
+
+
+def _count(option: str, value: Any) -> int:
+    number = _number(option, value)
+    if number < 0 or number != int(number):
+        raise OptionError(option, f"must be a whole number >= 0, got {value!r}")
+    return int(number)
 
 
 def _duration(option: str, value: Any) -> float:

@@ -18,6 +18,26 @@ SENT_SHARE_LIMIT = 0.97  # of the scheduled requests in the window
 COMPLETED_SHARE_LIMIT = 0.97  # completed rate / offered rate
 OFFERED_TOLERANCE = 0.10  # a window cuts arrival blocks: its offered rate may stray this far
 BLOCK_ARRIVALS = 20  # arrivals per block: the rate is exact per block (see `arrivals`)
+MIN_WINDOW_S = 10.0  # a shorter judged window says little about a fleet (--min-window)
+TAIL_REQUESTS = 5  # the SLO percentile must rest on this many requests beyond it (--min-requests)
+
+
+def min_requests(percentile: float) -> int:
+    """Requests a window needs so that TAIL_REQUESTS of them lie beyond the SLO percentile (100
+    for p95, 500 for p99); at least 20."""
+    if percentile >= 100:
+        return 100
+    return max(20, math.ceil(TAIL_REQUESTS / (1 - percentile / 100) - 1e-9))
+
+
+def attainment_interval(met: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson 95 % interval of a share of `met` in `n` (how sure an attainment figure is)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = met / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,6 +52,8 @@ class Settings:
     attainment: float  # share of requests that must meet every SLO
     max_error_rate: float
     stream: bool = True
+    min_window_s: float = MIN_WINDOW_S
+    min_requests: int = 100  # in the window (min_requests(percentile) by default in scenario.py)
 
 
 @dataclass
@@ -175,6 +197,8 @@ def judge(
     v.validity = _validity(window, sent, s, span=span, cpu_overloaded=cpu_overloaded)
     v.checks = _checks(window, done, s, v)
     v.stats = _stats(done, s)
+    met = sum(_meets(r, s) for r in window)
+    v.stats["attainment_low"], v.stats["attainment_high"] = attainment_interval(met, len(window))
     if not all(c.ok for c in v.validity):
         v.code = INVALID
     elif not all(c.ok for c in v.checks):
@@ -190,8 +214,14 @@ def _validity(
         Check(
             "measurement window",
             f"{span:.1f} s",
-            "> 0 s",
-            span > 1e-6 and bool(window),
+            f">= {s.min_window_s:g} s",
+            span >= s.min_window_s - 1e-6 and bool(window),
+        ),
+        Check(
+            "requests judged",
+            f"{len(window)}",
+            f">= {s.min_requests} (p{s.percentile:g} on {TAIL_REQUESTS})",
+            len(window) >= s.min_requests,
         ),
         Check(
             "offered QPS",
@@ -324,7 +354,21 @@ def render(v: Verdict, s: Settings) -> str:
     ]
     for c in v.checks + v.validity:
         lines.append(f"  {c.name:<24}{c.value:>12}   {c.limit:<24}{'ok' if c.ok else 'MISSED'}")
-    if v.code == INVALID:
+    low, high = v.stats.get("attainment_low"), v.stats.get("attainment_high")
+    if low is not None and high is not None:
+        lines.append(
+            f"  SLO attainment 95% interval {low:.1%}-{high:.1%} over {v.scheduled} requests"
+        )
+    failed = {c.name for c in v.validity if not c.ok}
+    if v.code == INVALID and failed & {"measurement window", "requests judged"}:
+        lines.append("")
+        lines.append(
+            f"  INVALID: too little was judged to tell (at least {s.min_window_s:g} s and "
+            f"{s.min_requests} requests between warm-up and cool-down). Run longer (-t) or at "
+            "a higher rate; --min-window and --min-requests (LOCUST_MIN_WINDOW, "
+            "LOCUST_MIN_REQUESTS) set the bounds."
+        )
+    elif v.code == INVALID:
         lines.append("")
         lines.append(
             "  INVALID: the load generator could not keep its schedule, so these latencies measure "

@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 
 CARDINAL = Path(sys.executable).with_name("cardinal")
+# Locust's bounds on what it judges (10 s and 100 requests by default), lowered for the tests'
+# runs of seconds: each is about something else (test_loadtest checks the defaults)
+SHORT_RUN = {"LOCUST_MIN_WINDOW": "2s", "LOCUST_MIN_REQUESTS": "10"}
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 needs_redis = pytest.mark.skipif(
     not Path(REDIS_SERVER).exists(), reason="redis-server not installed (make system)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import yaml
 from gateway.calibrate import calibration
 from gateway.cli import main
 from tests.llamacpp_harness import llama_servers, start_args
+from tests.process_harness import SHORT_RUN
 
 CARDINAL = str(Path(sys.executable).with_name("cardinal"))
 PLAN = [
@@ -37,6 +39,7 @@ def measured(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
             capture_output=True,
             text=True,
             timeout=180,
+            env={**os.environ, **SHORT_RUN},
         )
     print(run.stdout + run.stderr)
     assert run.returncode == 0, run.stderr

@@ -3,6 +3,7 @@ server, and the Locust scenario judges two of them behind the gateway."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 from pathlib import Path
@@ -13,7 +14,7 @@ from gateway.cli import main
 from gateway.prove.fleet import free_ports, gateway
 from gateway.prove.trial import card_mean, run_trial, sample
 from tests.llamacpp_harness import binary, llama_servers, server_args
-from tests.process_harness import CARDINAL
+from tests.process_harness import CARDINAL, SHORT_RUN
 
 PLAN = [
     "plan", "--model", "deepseek-r1-distill-qwen-1.5b", "--quant", "q4_k_m", "--gpu", "l4",
@@ -78,7 +79,8 @@ def test_rendered_llama_server_starts_and_locust_judges_the_fleet(
                 duration_s=12,
                 out_dir=tmp_path,
                 progress=print,
-                scenario=["--warmup", "2s", "--cooldown", "2s"],
+                scenario=["--warmup", "2s", "--cooldown", "2s", "--min-window", "2s"]
+                + ["--min-requests", "10"],
             )
         log = servers[0].output()
     print(f"\n{trial.table}")
@@ -104,6 +106,7 @@ def test_prove_with_backends_uses_the_engines_own_slots(tiny_model: Path, tmp_pa
             text=True,
             timeout=180,
             cwd=tmp_path,
+            env={**os.environ, **SHORT_RUN},
         )
         figures = sample(urls[0], urls, 0)
     print(run.stdout)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,18 @@ from gateway.planner.catalog import load_catalog
 from gateway.planner.plan import make_plan, request_for
 from gateway.planner.report import plan_dict
 from gateway.prove.fleet import free_ports, wait_ready
-from loadtest.verdict import FAIL, INVALID, PASS, Record, Settings, arrivals, judge
+from loadtest.verdict import (
+    FAIL,
+    INVALID,
+    PASS,
+    Record,
+    Settings,
+    arrivals,
+    attainment_interval,
+    judge,
+    min_requests,
+    render,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -45,7 +57,10 @@ SETTINGS = Settings(
     percentile=95,
     attainment=0.9,
     max_error_rate=0.01,
+    min_window_s=5,  # the hand-made runs judge 7 s and 70 requests
+    min_requests=50,
 )
+SHORT_RUN = ("--min-window", "2s", "--min-requests", "10")  # these real runs last seconds
 
 
 # -- the verdict, on records made by hand ---------------------------------------------------------
@@ -87,6 +102,32 @@ def test_verdict_counts_errors_and_unfinished_requests_as_misses() -> None:
     v = judge(recs, SETTINGS, start=0, stop=10)
     assert v.code == FAIL and v.completed == v.scheduled - 10
     assert not next(c for c in v.checks if c.name == "error rate").ok
+
+
+def test_a_short_run_is_invalid_for_too_short_a_window() -> None:
+    """A 20 s run that judged 6.9 s and 83 requests printed PASS; with the default bounds (10 s,
+    100 requests for p95) it is INVALID and says why."""
+    defaults = replace(
+        SETTINGS, target_qps=12, warmup_s=9, cooldown_s=4.1, min_window_s=10, min_requests=100
+    )
+    recs = _records(240, rate=12, ttft=0.2)
+    v = judge(recs, defaults, start=0, stop=20)
+    assert v.code == INVALID and (v.scheduled, round(v.window[1] - v.window[0], 1)) == (83, 6.9)
+    assert {c.name for c in v.validity if not c.ok} == {"measurement window", "requests judged"}
+    assert "INVALID: too little was judged to tell" in render(v, defaults)
+    assert all(c.ok for c in v.checks)  # it would have passed
+    longer = judge(_records(480, rate=12, ttft=0.2), defaults, start=0, stop=40)
+    assert longer.code == PASS and longer.scheduled >= 100
+    assert (min_requests(95), min_requests(99), min_requests(50)) == (100, 500, 20)
+
+
+def test_the_attainment_figure_says_how_sure_it_is() -> None:
+    low, high = attainment_interval(83, 83)
+    assert (round(low, 3), high) == (0.956, 1.0)  # Wilson: 83 of 83 is >= 95.6 %, not 100 %
+    low, high = attainment_interval(90, 100)
+    assert (round(low, 3), round(high, 3)) == (0.826, 0.945)
+    v = judge(_records(100, rate=10, ttft=0.2), SETTINGS, start=0, stop=10)
+    assert "SLO attainment 95% interval 94.8%-100.0% over 70 requests" in render(v, SETTINGS)
 
 
 def test_growing_queue_fails_even_when_latency_looks_fine() -> None:
@@ -180,7 +221,7 @@ def test_a_fleet_that_keeps_up_passes(cards: list[str], plan_path: Path, tmp_pat
     out = tmp_path / "s.json"
     run = _locust(
         "--host", cards[0], "--plan", str(plan_path), "--warmup", "3s", "--cooldown", "4s",
-        "--summary-json", str(out), seconds=14,
+        "--summary-json", str(out), *SHORT_RUN, seconds=14,
     )  # fmt: skip
     print(run.stdout[-1500:])
     assert run.returncode == PASS, run.stdout + run.stderr
@@ -226,7 +267,8 @@ def test_open_loop_holds_the_rate_where_closed_loop_falls_behind(
     out = tmp_path / "s.json"
     run = _locust(
         "--host", cards[1], "--plan", str(plan_path), "--target-qps", str(target),
-        "--warmup", "2s", "--cooldown", "3s", "--summary-json", str(out), seconds=15,
+        "--warmup", "2s", "--cooldown", "3s", "--summary-json", str(out), *SHORT_RUN,
+        seconds=15,
     )  # fmt: skip
     print(run.stdout[-1500:])
     assert run.returncode == FAIL, run.stdout + run.stderr
@@ -272,7 +314,7 @@ def test_distributed_run_gives_one_verdict(
         run = _locust(
             "--master", "--expect-workers", "2", "-u", "2", "-r", "2", "--host", cards[4],
             "--plan", str(plan_path), "--warmup", "3s", "--cooldown", "4s",
-            "--summary-json", str(out), seconds=14,
+            "--summary-json", str(out), *SHORT_RUN, seconds=14,
         )  # fmt: skip
     finally:
         for w in workers:
@@ -331,7 +373,7 @@ async def test_ttft_is_timed_at_the_first_content_token(tmp_path: Path) -> None:
             str(BIN / "locust"), "-f", "loadtest/qps.py", "--headless", "-t", "6s",
             "--only-summary", "--host", f"http://{host}:{port}", "--model", "m",
             "--target-qps", "5", "--ttft-slo", "1s", "--warmup", "0s", "--cooldown", "1s",
-            "--records-csv", str(records),
+            "--records-csv", str(records), *SHORT_RUN,
             cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         out, err = await asyncio.wait_for(proc.communicate(), 60)

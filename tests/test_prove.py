@@ -15,6 +15,7 @@ import pytest
 
 from gateway.prove.proof import SweepVoid, highest_passing, search_rate
 from gateway.prove.trial import Trial
+from tests.process_harness import SHORT_RUN
 
 CARDINAL = Path(sys.executable).with_name("cardinal")
 PLAN = [
@@ -41,6 +42,7 @@ def _prove(plan: Path, *args: str, timeout: int) -> subprocess.CompletedProcess[
         text=True,
         timeout=timeout,
         cwd=plan.parent,
+        env={**os.environ, **SHORT_RUN},
     )
 
 

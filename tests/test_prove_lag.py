@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from gateway.prove.simlag import LagCount, lag_check, lag_count
-from tests.process_harness import free_port
+from tests.process_harness import SHORT_RUN, free_port
 
 CARDINAL = Path(sys.executable).with_name("cardinal")
 PLAN = [
@@ -92,6 +92,7 @@ def _prove_stalled(tmp_path: Path, stall_s: float) -> subprocess.CompletedProces
             return subprocess.run(
                 [str(CARDINAL), "prove", str(plan), "--backends", url, "--duration", "15s"],
                 capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                env={**os.environ, **SHORT_RUN},
             )  # fmt: skip
         finally:
             stop.set()

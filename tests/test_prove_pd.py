@@ -4,9 +4,12 @@ one decode worker fewer fails."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.process_harness import SHORT_RUN
 
 CARDINAL = Path(sys.executable).with_name("cardinal")
 # 2 x EP16 decode groups of 16 sequences at TPOT 15 ms (35.9 QPS each) and one EP16 prefill
@@ -29,6 +32,7 @@ def test_pd_fleet_passes_at_its_target_and_fails_with_one_decode_worker_fewer(
         text=True,
         timeout=300,
         cwd=tmp_path,
+        env={**os.environ, **SHORT_RUN},
     )
     print(run.stdout)
     assert run.returncode == 0, run.stdout + run.stderr
