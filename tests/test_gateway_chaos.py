@@ -259,7 +259,11 @@ async def test_a_card_slowed_tenfold() -> None:
     [("500", {"error_rate": 1.0}), ("503", {"loading_s": 2.0})],
 )
 async def test_a_card_answering_errors(name: str, faults: dict[str, Any]) -> None:
-    async with chaos_fleet() as f:
+    # A loading card's /health answers 503 too: with the default recheck (every 1 s) the probe
+    # could find it before any request did, and nothing would be left to retry. Here the probe
+    # stays away for the whole load, so the requests are what find the 503s.
+    health = {**CHAOS_TOP["health"], "interval_s": 3.0}
+    async with chaos_fleet(health=health) as f:
         card = f.cards[0]
         acc = await under_load(
             f"card answering {name}", f.gateway.url, [(0.8, lambda: fault(card, **faults))]
