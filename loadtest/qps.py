@@ -38,6 +38,7 @@ import gevent.pool
 from locust import User, constant, events, task
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
+from probe import LoopProbe
 from scenario import OptionError, Options, add_options
 from verdict import INVALID, Record, Verdict, arrivals, judge, render
 from workload import Prompts, read_stream, read_whole
@@ -62,6 +63,7 @@ class Load:
         self._url = url
         self._idle: list[http.client.HTTPConnection] = []
         self.prompts = Prompts(options)
+        self.probe = LoopProbe()
 
     def drive(self, user: User) -> None:
         """Start requests on this driver's schedule, forever (Locust stops the user)."""
@@ -289,11 +291,13 @@ def _test_stop(environment: Environment, **_: Any) -> None:
     if load is None:
         return
     load.requests.kill(block=False)  # requests still running are judged as unfinished
+    load.probe.stop()
     payload = {
         "start": load.start,
         "stop": stop,
         "cpu": bool(runner and runner.cpu_warning_emitted),
         "records": [r.as_dict() for r in load.records],
+        "loop_lag": load.probe.samples,
     }
     if isinstance(runner, WorkerRunner):
         runner.send_message("cardinal_records", payload)
@@ -335,7 +339,10 @@ def _conclude(environment: Environment, payloads: list[dict[str, Any]], stop: fl
     run_time = getattr(environment.parsed_options, "cardinal_run_time", None)
     if run_time:  # the window ends on the arrivals' block edge, not when the timer fired after it
         stop = min(stop, start + float(run_time))
-    verdict = judge(records, options.settings, start=start, stop=stop, cpu_overloaded=cpu)
+    lags = [(t, lag) for p in payloads for t, lag in p["loop_lag"]]
+    verdict = judge(
+        records, options.settings, start=start, stop=stop, cpu_overloaded=cpu, loop_lag=lags
+    )
     print(render(verdict, options.settings), flush=True)
     environment.process_exit_code = verdict.code if payloads else INVALID
     o = environment.parsed_options

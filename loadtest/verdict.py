@@ -14,6 +14,10 @@ from typing import Any
 
 PASS, FAIL, INVALID = 0, 1, 2
 SCHEDULE_LAG_LIMIT_S = 0.05  # p99 send delay beyond which the generator, not the fleet, is slow
+# The generator's own delay (late sends, late reads) adds to every latency it measures: beyond this
+# share of the tightest latency SLO (TTFT, e2e) it could turn a PASS into a FAIL on its own.
+LAG_SHARE_OF_SLO = 0.2
+LOOP_PROBE_S = 0.01  # the generator wakes this often to time its own event loop
 SENT_SHARE_LIMIT = 0.97  # of the scheduled requests in the window
 COMPLETED_SHARE_LIMIT = 0.97  # completed rate / offered rate
 OFFERED_TOLERANCE = 0.10  # a window cuts arrival blocks: its offered rate may stray this far
@@ -173,12 +177,28 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))]
 
 
+def lag_limit(s: Settings) -> float:
+    """How late the generator's loop may wake, at the SLO percentile, before its delay is a
+    noticeable share of what it judges: LAG_SHARE_OF_SLO of the tightest TTFT / e2e SLO, at most
+    SCHEDULE_LAG_LIMIT_S. (TPOT is a difference of two reads; a steady delay cancels in it.)"""
+    slos = [x for x in (s.ttft_slo_s if s.stream else None, s.e2e_slo_s) if x is not None]
+    return min([SCHEDULE_LAG_LIMIT_S, *(LAG_SHARE_OF_SLO * x for x in slos)])
+
+
 def judge(
-    records: list[Record], s: Settings, *, start: float, stop: float, cpu_overloaded: bool = False
+    records: list[Record],
+    s: Settings,
+    *,
+    start: float,
+    stop: float,
+    cpu_overloaded: bool = False,
+    loop_lag: Sequence[tuple[float, float]] | None = None,
 ) -> Verdict:
     """PASS when, at the offered rate, enough requests meet every SLO, the completed rate reaches
     the target and the queue is not growing; INVALID when the generator could not keep its own
-    schedule (then the latencies measure the generator)."""
+    schedule or was slow to read the answers (then the latencies measure the generator).
+    `loop_lag`: (wall-clock time, how late the generator's event loop woke) samples; those in
+    the judged window are judged at the SLO percentile. None: not measured (no check)."""
     lo, hi = start + s.warmup_s, stop - s.cooldown_s
     window = [r for r in records if lo <= r.scheduled < hi]
     span = max(hi - lo, 1e-9)
@@ -195,6 +215,8 @@ def judge(
         completed_qps=len(done) / span,
     )
     v.validity = _validity(window, sent, s, span=span, cpu_overloaded=cpu_overloaded)
+    if loop_lag is not None:
+        v.validity.append(_loop_lag_check([lag for t, lag in loop_lag if lo <= t < hi], s))
     v.checks = _checks(window, done, s, v)
     v.stats = _stats(done, s)
     met = sum(_meets(r, s) for r in window)
@@ -245,6 +267,21 @@ def _validity(
             "generator CPU", "over 90 %" if cpu_overloaded else "ok", "< 90 %", not cpu_overloaded
         ),
     ]
+
+
+def _loop_lag_check(lags: list[float], s: Settings) -> Check:
+    """The receive side: a reply that arrives while the generator is busy (parsing other streams,
+    or starved of CPU) is timed when the loop gets to it; the loop's own wake-up lag shows how
+    late that is."""
+    value = percentile(lags, s.percentile) if lags else math.nan
+    shown = "not sampled" if not lags else f"{value * 1e3:.1f} ms"
+    limit = lag_limit(s)
+    return Check(
+        f"generator loop lag p{s.percentile:g}",
+        shown,
+        f"<= {limit * 1e3:.3g} ms ({LAG_SHARE_OF_SLO:.0%} of SLO)",
+        value <= limit,
+    )
 
 
 def _checks(
@@ -371,9 +408,10 @@ def render(v: Verdict, s: Settings) -> str:
     elif v.code == INVALID:
         lines.append("")
         lines.append(
-            "  INVALID: the load generator could not keep its schedule, so these latencies measure "
-            "the generator, not the fleet. Lower the rate per process or run distributed "
-            "(--master / --worker)."
+            "  INVALID: the load generator could not keep its schedule or read the answers as "
+            "they came, so these latencies measure the generator, not the fleet. Lower the rate "
+            "per process, run distributed (--master / --worker), or give the generator a core of "
+            "its own."
         )
     return "\n".join(lines)
 

@@ -117,15 +117,17 @@ def spread(rng: random.Random, mean: int, spread: float) -> int:
 
 
 def read_stream(resp: http.client.HTTPResponse, rec: Record) -> None:
-    """SSE line by line: the first non-empty content delta is the first token."""
+    """SSE line by line: the first non-empty content delta is the first token, timed when its
+    line was read (before it is parsed)."""
     events = 0
     usage = None
     for line in iter(resp.readline, b""):
+        arrived = time.time()
         if not line.startswith(b"data:"):
             continue
         data = line[5:].strip()
         if data == b"[DONE]":
-            rec.end = time.time()
+            rec.end = arrived
             rec.tokens = usage if usage is not None else events
             return
         chunk = json.loads(data)
@@ -135,9 +137,8 @@ def read_stream(resp: http.client.HTTPResponse, rec: Record) -> None:
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
             if delta.get("content") or choice.get("text"):
-                now = time.time()
                 if events == 0:
-                    rec.first = now
+                    rec.first = arrived
                 events += 1
         if chunk.get("usage"):
             usage = chunk["usage"].get("completion_tokens")

@@ -31,12 +31,14 @@ from gateway.prove.fleet import free_ports, wait_ready
 from loadtest.verdict import (
     FAIL,
     INVALID,
+    LOOP_PROBE_S,
     PASS,
     Record,
     Settings,
     arrivals,
     attainment_interval,
     judge,
+    lag_limit,
     min_requests,
     render,
 )
@@ -91,6 +93,24 @@ def test_verdict_passes_fails_and_refuses_to_judge_a_slow_generator() -> None:
     assert {c.name for c in slow.checks if not c.ok} == {"SLO attainment", "p95 TTFT"}
     lagging = judge(_records(100, rate=10, ttft=1.5, lag=0.2), SETTINGS, start=0, stop=10)
     assert lagging.code == INVALID  # the latencies measure the generator: no verdict on the fleet
+
+
+def test_a_generator_slow_to_read_is_invalid_at_a_tight_slo_and_fine_at_a_loose_one() -> None:
+    """The same 5 ms of loop lag: a noticeable share of a 10 ms TTFT SLO, not of a 1 s one."""
+    tight = replace(SETTINGS, ttft_slo_s=0.010, tpot_slo_s=None)
+    recs = _records(100, rate=10, ttft=0.004)
+    lag = [(i * LOOP_PROBE_S, 0.005) for i in range(1000)]  # 5 ms late throughout
+    calm = [(t, 0.0004) for t, _ in lag]
+    assert lag_limit(tight) == pytest.approx(0.002) and lag_limit(SETTINGS) == 0.05
+    assert judge(recs, tight, start=0, stop=10, loop_lag=calm).code == PASS
+    slow = judge(recs, tight, start=0, stop=10, loop_lag=lag)
+    assert slow.code == INVALID
+    assert [c.name for c in slow.validity if not c.ok] == ["generator loop lag p95"]
+    assert judge(recs, SETTINGS, start=0, stop=10, loop_lag=lag).code == PASS
+    # only the judged window's samples count: a stall in the warm-up (first 3 s) does not
+    warm = [(t, 0.5 if t < SETTINGS.warmup_s else 0.0004) for t, _ in lag]
+    assert judge(recs, tight, start=0, stop=10, loop_lag=warm).code == PASS
+    assert judge(recs, tight, start=0, stop=10, loop_lag=[]).code == INVALID  # not sampled
 
 
 def test_verdict_counts_errors_and_unfinished_requests_as_misses() -> None:
@@ -389,3 +409,65 @@ async def test_ttft_is_timed_at_the_first_content_token(tmp_path: Path) -> None:
     )
     assert len(ttfts) >= 20
     assert PREFILL_S <= median <= PREFILL_S + 0.010
+
+
+# -- a generator too slow to read its answers: INVALID, not FAIL ----------------------------------
+
+FAST_PREFILL_S = 0.003
+
+
+async def _fast_card(request: web.Request) -> web.StreamResponse:
+    """A card of known speed: the first token FAST_PREFILL_S after the request, then 4 more."""
+    await request.read()
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    await asyncio.sleep(FAST_PREFILL_S)
+    for _ in range(5):
+        await resp.write(b'data: {"choices":[{"index":0,"delta":{"content":"tok"}}]}\n\n')
+    await resp.write(b"data: [DONE]\n\n")
+    return resp
+
+
+@pytest.mark.asyncio
+async def test_a_starved_reader_at_a_tight_slo_is_invalid_not_failed(tmp_path: Path) -> None:
+    """The same fast card, a 10 ms TTFT SLO: PASS with the generator to itself; with a hog
+    holding the generator's loop 20 ms at a time, its TTFTs miss the SLO, and the verdict is
+    INVALID for the generator's loop lag instead of a FAIL on the card."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", _fast_card)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    locustfile = str(ROOT / "tests/data/starved_generator.py")
+
+    async def run(spin_ms: int) -> dict:
+        out = tmp_path / f"spin{spin_ms}.json"
+        proc = await asyncio.create_subprocess_exec(
+            str(BIN / "locust"), "-f", locustfile, "--headless", "-t", "9s", "--only-summary",
+            "--host", f"http://{host}:{port}", "--model", "m", "--target-qps", "20",
+            "--ttft-slo", "10ms", "--warmup", "1s", "--cooldown", "1s",
+            "--summary-json", str(out), *SHORT_RUN,
+            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "HOG_SPIN_MS": str(spin_ms), "HOG_GAP_MS": "5"},
+        )  # fmt: skip
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+        print(stdout.decode()[-1800:])
+        assert out.exists(), stderr.decode()[-2000:]
+        verdict = _summary(out)
+        assert proc.returncode == verdict["code"]
+        return verdict
+
+    try:
+        calm = await run(0)
+        starved = await run(20)
+    finally:
+        await runner.cleanup()
+
+    def missed(v: dict, key: str) -> set[str]:
+        return {c["name"] for c in v[key] if not c["ok"]}
+
+    assert calm["code"] == PASS, calm
+    assert starved["code"] == INVALID
+    assert "generator loop lag p95" in missed(starved, "validity")
+    assert "p95 TTFT" in missed(starved, "checks")  # judged on the card, this would be a FAIL

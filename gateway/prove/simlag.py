@@ -47,7 +47,7 @@ def judge_lag(
     ok = "ok" if check["ok"] else "MISSED"
     row = f"  {check['name']:<24}{check['value']:>12}   {check['limit']:<24}{ok}"
     lines = table.split("\n")
-    last = max((i for i, x in enumerate(lines) if x.startswith("  generator CPU")), default=-1)
+    last = max((i for i, x in enumerate(lines) if x.startswith("  generator ")), default=-1)
     table = "\n".join([*lines[: last + 1], row, *lines[last + 1 :]])
     if check["ok"] or code not in (0, 1):
         return code, table
