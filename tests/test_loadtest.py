@@ -15,7 +15,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -428,46 +429,74 @@ async def _fast_card(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-@pytest.mark.asyncio
-async def test_a_starved_reader_at_a_tight_slo_is_invalid_not_failed(tmp_path: Path) -> None:
-    """The same fast card, a 10 ms TTFT SLO: PASS with the generator to itself; with a hog
-    holding the generator's loop 20 ms at a time, its TTFTs miss the SLO, and the verdict is
-    INVALID for the generator's loop lag instead of a FAIL on the card."""
+@asynccontextmanager
+async def _fast_card_url() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", _fast_card)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     host, port = runner.addresses[0][:2]
-    locustfile = str(ROOT / "tests/data/starved_generator.py")
-
-    async def run(spin_ms: int) -> dict:
-        out = tmp_path / f"spin{spin_ms}.json"
-        proc = await asyncio.create_subprocess_exec(
-            str(BIN / "locust"), "-f", locustfile, "--headless", "-t", "9s", "--only-summary",
-            "--host", f"http://{host}:{port}", "--model", "m", "--target-qps", "20",
-            "--ttft-slo", "10ms", "--warmup", "1s", "--cooldown", "1s",
-            "--summary-json", str(out), *SHORT_RUN,
-            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "HOG_SPIN_MS": str(spin_ms), "HOG_GAP_MS": "5"},
-        )  # fmt: skip
-        stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
-        print(stdout.decode()[-1800:])
-        assert out.exists(), stderr.decode()[-2000:]
-        verdict = _summary(out)
-        assert proc.returncode == verdict["code"]
-        return verdict
-
     try:
-        calm = await run(0)
-        starved = await run(20)
+        yield f"http://{host}:{port}"
     finally:
         await runner.cleanup()
 
-    def missed(v: dict, key: str) -> set[str]:
-        return {c["name"] for c in v[key] if not c["ok"]}
 
+async def _locust_summary(
+    path: Path, *args: str, locustfile: str = "loadtest/qps.py", env: dict[str, str] | None = None
+) -> dict:
+    """A headless run in its own process (the card stays on this test's loop); its verdict."""
+    proc = await asyncio.create_subprocess_exec(
+        str(BIN / "locust"), "-f", locustfile, "--headless", "--only-summary",
+        "--model", "m", "--summary-json", str(path), *args,
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 90)
+    print(stdout.decode()[-1800:])
+    assert path.exists(), stderr.decode()[-2000:]
+    verdict = _summary(path)
+    assert proc.returncode == verdict["code"]
+    return verdict
+
+
+def _missed(v: dict, key: str) -> set[str]:
+    return {c["name"] for c in v[key] if not c["ok"]}
+
+
+@pytest.mark.asyncio
+async def test_a_starved_reader_at_a_tight_slo_is_invalid_not_failed(tmp_path: Path) -> None:
+    """The same fast card, a 10 ms TTFT SLO: PASS with the generator to itself; with a hog
+    holding the generator's loop 20 ms at a time, its TTFTs miss the SLO, and the verdict is
+    INVALID for the generator's loop lag instead of a FAIL on the card."""
+    locustfile = str(ROOT / "tests/data/starved_generator.py")
+    async with _fast_card_url() as url:
+
+        async def run(spin_ms: int) -> dict:
+            return await _locust_summary(
+                tmp_path / f"spin{spin_ms}.json", "--host", url, "-t", "9s",
+                "--target-qps", "20", "--ttft-slo", "10ms", "--warmup", "1s", "--cooldown", "1s",
+                *SHORT_RUN, locustfile=locustfile,
+                env={"HOG_SPIN_MS": str(spin_ms), "HOG_GAP_MS": "5"},
+            )  # fmt: skip
+
+        calm = await run(0)
+        starved = await run(20)
     assert calm["code"] == PASS, calm
     assert starved["code"] == INVALID
-    assert "generator loop lag p95" in missed(starved, "validity")
-    assert "p95 TTFT" in missed(starved, "checks")  # judged on the card, this would be a FAIL
+    assert "generator loop lag p95" in _missed(starved, "validity")
+    assert "p95 TTFT" in _missed(starved, "checks")  # judged on the card, this would be a FAIL
+
+
+@pytest.mark.asyncio
+async def test_a_20s_run_is_invalid_for_too_short_a_window(tmp_path: Path) -> None:
+    """The run that printed PASS on 6.9 s and 83 requests, with the default bounds."""
+    async with _fast_card_url() as url:
+        v = await _locust_summary(
+            tmp_path / "short.json", "--host", url, "-t", "20s", "--target-qps", "12",
+            "--ttft-slo", "1s", "--warmup", "9s", "--cooldown", "4s",
+        )  # fmt: skip
+    assert v["code"] == INVALID
+    assert _missed(v, "validity") == {"measurement window", "requests judged"}
+    assert not _missed(v, "checks")  # the card kept up: only the bounds stop a PASS
