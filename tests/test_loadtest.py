@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -382,25 +382,14 @@ async def _slow_prefill(request: web.Request) -> web.StreamResponse:
 
 @pytest.mark.asyncio
 async def test_ttft_is_timed_at_the_first_content_token(tmp_path: Path) -> None:
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", _slow_prefill)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
     records = tmp_path / "records.csv"
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            str(BIN / "locust"), "-f", "loadtest/qps.py", "--headless", "-t", "6s",
-            "--only-summary", "--host", f"http://{host}:{port}", "--model", "m",
-            "--target-qps", "5", "--ttft-slo", "1s", "--warmup", "0s", "--cooldown", "1s",
+    async with _card_url(_slow_prefill) as url:
+        v = await _locust_summary(
+            tmp_path / "s.json", "--host", url, "-t", "6s", "--target-qps", "5",
+            "--ttft-slo", "1s", "--warmup", "0s", "--cooldown", "1s",
             "--records-csv", str(records), *SHORT_RUN,
-            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-    finally:
-        await runner.cleanup()
-    assert proc.returncode == PASS, out.decode() + err.decode()
+    assert v["code"] == PASS, v
     with records.open() as f:
         ttfts = sorted(float(row["ttft_s"]) for row in csv.DictReader(f) if not row["error"])
     median = ttfts[len(ttfts) // 2]
@@ -430,9 +419,12 @@ async def _fast_card(request: web.Request) -> web.StreamResponse:
 
 
 @asynccontextmanager
-async def _fast_card_url() -> AsyncIterator[str]:
+async def _card_url(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[str]:
+    """A card on this test's loop, answering /v1/chat/completions with `handler`."""
     app = web.Application()
-    app.router.add_post("/v1/chat/completions", _fast_card)
+    app.router.add_post("/v1/chat/completions", handler)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -471,7 +463,7 @@ async def test_a_starved_reader_at_a_tight_slo_is_invalid_not_failed(tmp_path: P
     holding the generator's loop 20 ms at a time, its TTFTs miss the SLO, and the verdict is
     INVALID for the generator's loop lag instead of a FAIL on the card."""
     locustfile = str(ROOT / "tests/data/starved_generator.py")
-    async with _fast_card_url() as url:
+    async with _card_url(_fast_card) as url:
 
         async def run(spin_ms: int) -> dict:
             return await _locust_summary(
@@ -492,7 +484,7 @@ async def test_a_starved_reader_at_a_tight_slo_is_invalid_not_failed(tmp_path: P
 @pytest.mark.asyncio
 async def test_a_20s_run_is_invalid_for_too_short_a_window(tmp_path: Path) -> None:
     """The run that printed PASS on 6.9 s and 83 requests, with the default bounds."""
-    async with _fast_card_url() as url:
+    async with _card_url(_fast_card) as url:
         v = await _locust_summary(
             tmp_path / "short.json", "--host", url, "-t", "20s", "--target-qps", "12",
             "--ttft-slo", "1s", "--warmup", "9s", "--cooldown", "4s",
