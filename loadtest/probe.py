@@ -1,6 +1,6 @@
 """How late the generator reads what arrives: its own receive delay, sampled all run long.
 
-A real OS thread writes one byte into a pipe every LOOP_PROBE_S and notes when; a greenlet reads
+A real OS thread writes one byte into a pipe every PROBE_INTERVAL_S and notes when; a greenlet reads
 the pipe and notes when it got there. The gap is the wait any reply arriving on a socket sees
 before its greenlet runs: other streams being parsed, or the process starved of CPU. It goes
 through the same epoll wake-up as the replies, not a timer (libev's timers fire up to about a
@@ -16,7 +16,8 @@ import time
 import gevent
 import gevent.monkey
 import gevent.socket
-from verdict import LOOP_PROBE_S
+
+PROBE_INTERVAL_S = 0.01
 
 
 class LoopProbe:
@@ -27,17 +28,21 @@ class LoopProbe:
         self._r, self._w = os.pipe()
         os.set_blocking(self._r, False)
         gevent.get_hub().threadpool.spawn(self._tick)
-        self._reader = gevent.spawn(self._read)
+        gevent.spawn(self._read)
 
     def _tick(self) -> None:
         """In a real thread (the threadpool's, not a greenlet), so it keeps time whatever the
-        event loop is doing."""
+        event loop is doing. Closing the write end when stopped ends the reader."""
         sleep = gevent.monkey.get_original("time", "sleep")
-        while self._running:
-            sleep(LOOP_PROBE_S)
-            self._sent.append(time.perf_counter())
-            os.write(self._w, b".")
-        os.close(self._w)
+        try:
+            while True:
+                sleep(PROBE_INTERVAL_S)
+                if not self._running:
+                    return
+                self._sent.append(time.perf_counter())
+                os.write(self._w, b".")
+        finally:
+            os.close(self._w)
 
     def _read(self) -> None:
         try:
@@ -56,5 +61,5 @@ class LoopProbe:
             os.close(self._r)
 
     def stop(self) -> None:
+        """The thread writes no more bytes; it and the reader end within an interval."""
         self._running = False
-        self._reader.kill(block=False)

@@ -17,7 +17,6 @@ SCHEDULE_LAG_LIMIT_S = 0.05  # p99 send delay beyond which the generator, not th
 # The generator's own delay (late sends, late reads) adds to every latency it measures: beyond this
 # share of the tightest latency SLO (TTFT, e2e) it could turn a PASS into a FAIL on its own.
 LAG_SHARE_OF_SLO = 0.2
-LOOP_PROBE_S = 0.01  # the generator wakes this often to time its own event loop
 SENT_SHARE_LIMIT = 0.97  # of the scheduled requests in the window
 COMPLETED_SHARE_LIMIT = 0.97  # completed rate / offered rate
 OFFERED_TOLERANCE = 0.10  # a window cuts arrival blocks: its offered rate may stray this far
@@ -178,7 +177,7 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def lag_limit(s: Settings) -> float:
-    """How late the generator's loop may wake, at the SLO percentile, before its delay is a
+    """How late the generator may read what arrived, at the SLO percentile, before its delay is a
     noticeable share of what it judges: LAG_SHARE_OF_SLO of the tightest TTFT / e2e SLO, at most
     SCHEDULE_LAG_LIMIT_S. (TPOT is a difference of two reads; a steady delay cancels in it.)"""
     slos = [x for x in (s.ttft_slo_s if s.stream else None, s.e2e_slo_s) if x is not None]
@@ -197,8 +196,9 @@ def judge(
     """PASS when, at the offered rate, enough requests meet every SLO, the completed rate reaches
     the target and the queue is not growing; INVALID when the generator could not keep its own
     schedule or was slow to read the answers (then the latencies measure the generator).
-    `loop_lag`: (wall-clock time, how late the generator's event loop woke) samples; those in
-    the judged window are judged at the SLO percentile. None: not measured (no check)."""
+    `loop_lag`: (wall-clock time, how long a byte that arrived waited for the generator to read
+    it) samples (loadtest/probe.py); those in the judged window are judged at the SLO
+    percentile. None: not measured (no check)."""
     lo, hi = start + s.warmup_s, stop - s.cooldown_s
     window = [r for r in records if lo <= r.scheduled < hi]
     span = max(hi - lo, 1e-9)
@@ -271,8 +271,7 @@ def _validity(
 
 def _loop_lag_check(lags: list[float], s: Settings) -> Check:
     """The receive side: a reply that arrives while the generator is busy (parsing other streams,
-    or starved of CPU) is timed when the loop gets to it; the loop's own wake-up lag shows how
-    late that is."""
+    or starved of CPU) is timed when the loop gets to it; the probe's bytes wait just as long."""
     value = percentile(lags, s.percentile) if lags else math.nan
     shown = "not sampled" if not lags else f"{value * 1e3:.1f} ms"
     limit = lag_limit(s)

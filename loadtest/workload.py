@@ -122,9 +122,9 @@ def read_stream(resp: http.client.HTTPResponse, rec: Record) -> None:
     events = 0
     usage = None
     for line in iter(resp.readline, b""):
-        arrived = time.time()
         if not line.startswith(b"data:"):
             continue
+        arrived = time.time()
         data = line[5:].strip()
         if data == b"[DONE]":
             rec.end = arrived
