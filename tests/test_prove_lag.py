@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from gateway.prove.simlag import LagCount, lag_check, lag_count
+from gateway.prove.simlag import LagCount, judge_lag, lag_check, lag_count, lost_s
 from tests.process_harness import SHORT_RUN, free_port
 
 CARDINAL = Path(sys.executable).with_name("cardinal")
@@ -30,8 +30,9 @@ def test_the_lag_metric_is_read_from_the_cards_histogram() -> None:
     m = {
         bucket: [({"le": "0.005"}, 90.0), ({"le": "0.01"}, 97.0), ({"le": "+Inf"}, 100.0)],
         "sim_event_loop_lag_seconds_count": [({}, 100.0)],
+        "sim_event_loop_lag_seconds_sum": [({}, 0.25)],
     }
-    assert lag_count(m) == LagCount(wakeups=100, late=3)
+    assert lag_count(m) == LagCount(wakeups=100, late=3, lag_s=0.25)
     assert lag_count({"vllm:num_requests_running": [({}, 3.0)]}) is None  # not simulated
 
 
@@ -53,6 +54,36 @@ def test_only_the_wake_ups_around_the_judged_window_count() -> None:
     stalled = [(0.0, [LagCount(0, 0)]), (20.0, [LagCount(0, 0)])]  # it never woke at all
     assert not lag_check(stalled, lo=5.0, hi=11.0)["ok"]  # type: ignore[index]
     assert lag_check([(0.0, [None]), (20.0, [None])], lo=5.0, hi=11.0) is None  # real engines
+
+
+def _late_trial(code: int, completed_qps: float) -> dict:
+    window = (4.0, 12.0)
+    label = {0: "PASS", 1: "FAIL"}[code]
+    return {"code": code, "label": label, "window": window, "validity": [],
+            "offered_qps": 35.0, "completed_qps": completed_qps}  # fmt: skip
+
+
+def test_a_late_loop_voids_what_it_could_explain_and_not_a_throughput_fail() -> None:
+    """2 cards completing 25.7 of 35 QPS offered, 2.5 % of wake-ups late (CI, stop 28): given
+    back the 0.7 s the worst card lost of 8 s, they complete at most 28.2 QPS of the 33.95 needed,
+    so that FAIL stands. A PASS, a FAIL within reach of the limit, or a stalled card is INVALID."""
+    at = [(3.0, [LagCount(0, 0, 0.1), LagCount(0, 0, 0.0)]),
+          (13.0, [LagCount(1000, 25, 0.4), LagCount(1000, 25, 0.7)])]  # fmt: skip
+    check = lag_check(at, lo=4.0, hi=12.0)
+    assert check is not None and not check["ok"]
+    assert lost_s(at, lo=4.0, hi=12.0) == 0.7
+    cases = [(1, 25.7, 0.7, 1), (1, 25.7, 2.5, 2), (1, 32.0, 0.7, 2), (0, 35.0, 0.0, 2)]
+    for code, completed, lost, expect in cases:
+        table = f"Cardinal verdict: {_late_trial(code, 0)['label']} (exit {code})\n  generator CPU"
+        got, out = judge_lag(check, code=code, verdict=_late_trial(code, completed), table=table,
+                             lost_s=lost)  # fmt: skip
+        assert got == expect, (code, completed, lost, out)
+        assert ("FAIL stands" in out) == (expect == 1), out
+        assert "simulator loop lag" in out
+    assert (
+        "at most 28.16 QPS, under the 33.95 needed"
+        in judge_lag(check, code=1, verdict=_late_trial(1, 25.7), table="", lost_s=0.7)[1]
+    )
 
 
 @contextmanager

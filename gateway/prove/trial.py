@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import loadtest
 from gateway.prove.fleet import tracked
-from gateway.prove.simlag import LagCount, judge_lag, lag_check, lag_count
+from gateway.prove.simlag import LagCount, judge_lag, lag_check, lag_count, lost_s
 
 QPS_LOCUSTFILE = Path(loadtest.__file__).with_name("qps.py")
 SAMPLE_EVERY_S = 2.0
@@ -167,7 +167,8 @@ def run_trial(
     lags.append(_lags(lag_urls))
     lo, hi = (data["start"] + edge for edge in verdict["window"])
     if (check := lag_check(lags, lo, hi)) is not None:
-        code, table = judge_lag(check, code=code, verdict=verdict, table=table)
+        lost = lost_s(lags, lo, hi)
+        code, table = judge_lag(check, code=code, verdict=verdict, table=table, lost_s=lost)
     return Trial(
         name=name,
         target_qps=target_qps,
