@@ -174,6 +174,9 @@ def _duration(option: str, value: Any) -> float:
     m = DURATION.match(str(value))
     if not m:
         raise OptionError(option, f"must be a duration like 2s or 50ms, got {value!r}")
+    if m.group(2) is None and float(m.group(1)) != 0:  # 50 could be 50 ms or 50 s: ask
+        number = m.group(1)
+        raise OptionError(option, f"{value!r} has no unit; give one: {number}ms or {number}s")
     return float(m.group(1)) * UNIT_S[m.group(2)]
 
 

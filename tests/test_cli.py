@@ -94,12 +94,39 @@ def test_show_rejects_a_bad_plan_file(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 @pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (("  max_num_seqs: 16\n", "  max_num_seqs: -28\n"), "engine_settings.max_num_seqs"),
+        (("  gpu: a10\n", "  gpu: l44\n"), "inputs.gpu"),
+    ],
+)
+@pytest.mark.parametrize("command", ["show", "render"])
+def test_a_hand_edited_plan_is_refused_naming_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, edit: tuple, field: str
+) -> None:
+    path = tmp_path / "fleet.yaml"
+    argv = ["plan", "--model", "deepseek-r1-distill-qwen-7b", "--quant", "awq", "--gpu", "a10g"]
+    argv += ["--prompt-tokens", "256", "--output-tokens", "32", "--target-qps", "2"]
+    argv += ["--ttft-slo", "1s", "--tpot-slo", "40ms", "-o", str(path)]
+    assert cardinal(argv, capsys)[0] == 0
+    text = path.read_text(encoding="utf-8")
+    assert edit[0] in text
+    path.write_text(text.replace(edit[0], edit[1]), encoding="utf-8")
+    extra = ["-o", str(tmp_path / "out")] if command == "render" else []
+    code, out, err = cardinal([command, str(path), *extra], capsys)
+    assert code == 2, out + err
+    assert f"error: {field}: " in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
     ("change", "flag", "mention"),
     [
         ({"--model": "deepseek-r1-distil-qwen-32b"}, "--model", "deepseek-r1-distill-qwen-32b"),
         ({"--target-qps": "-1"}, "--target-qps", "-1"),
         ({"--prompt-tokens": "0"}, "--prompt-tokens", "0"),
         ({"--ttft-slo": "banana"}, "--ttft-slo", "banana"),
+        ({"--tpot-slo": "50"}, "--tpot-slo", "has no unit; give one: 50ms or 50s"),
         ({"--quant": "q4_k_m"}, "--quant", "q4_k_m"),
         ({"--gpu": "a100-90g"}, "--gpu", "a100-80gb-sxm"),
     ],

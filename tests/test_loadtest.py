@@ -348,6 +348,7 @@ def test_bad_options_name_the_flag(plan_path: Path) -> None:
     for args, flag in (
         (["--plan", str(plan_path), "--target-qps", "-1"], "--target-qps"),
         (["--plan", str(plan_path), "--ttft-slo", "soon"], "--ttft-slo"),
+        (["--plan", str(plan_path), "--tpot-slo", "50"], "--tpot-slo"),  # 50 ms or 50 s?
         (["--model", "m", "--target-qps", "1"], "--ttft-slo"),
         (["--plan", "missing.yaml"], "--plan"),
     ):

@@ -76,6 +76,20 @@ def test_plan_round_trips(
         ("inputs.model", 7),
         ("fleet.gpus", None),
         ("fit.kind", "banana"),
+        # hand edits that render and show took before (issue 20)
+        ("engine_settings.max_num_seqs", -28),
+        ("engine_settings.max_num_seqs", ...),
+        ("engine_settings.tensor_parallel_size", 0),
+        ("engine_settings.max_model_len", 4096.5),
+        ("engine_settings.gpu_memory_utilization", 1.5),
+        ("engine_settings.kv_cache_dtype", "q4_0"),  # llama.cpp's, not vLLM's
+        ("engine_settings.max_num_batched_tokens", -1),
+        ("inputs.gpu", "l44"),
+        ("inputs.quant", "awq5"),
+        ("inputs.engine", "tgi"),
+        ("inputs.workload.headroom", -0.1),
+        ("replica.max_batch", 0),
+        ("cost.monthly_usd", -5),
     ],
 )
 def test_bad_field_is_named(valid: dict[str, Any], dotted: str, value: Any) -> None:
@@ -83,6 +97,31 @@ def test_bad_field_is_named(valid: dict[str, Any], dotted: str, value: Any) -> N
         planfile.load(with_value(valid, dotted, value))
     assert e.value.field == dotted
     assert dotted in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value"),
+    [
+        ("engine_settings.parallel", -4),
+        ("engine_settings.ctx_size", 0),
+        ("engine_settings.gpu_layers", -1),
+        ("engine_settings.n_cpu_moe", "all"),
+        ("engine_settings.flash_attn", "yes"),
+        ("engine_settings.cache_type", "fp8"),  # vLLM's, not llama.cpp's
+    ],
+)
+def test_bad_llama_cpp_setting_is_named(dotted: str, value: Any) -> None:
+    plan = _plan_dict("llama-3.1-8b", "q4_k_m", "rtx-3060-12gb", "llama.cpp")
+    with pytest.raises(PlanFileError) as e:
+        planfile.load(with_value(plan, dotted, value))
+    assert e.value.field == dotted
+    assert dotted in str(e.value)
+
+
+def test_an_unknown_gpu_names_the_closest() -> None:
+    plan = _plan_dict("deepseek-r1-distill-qwen-32b", "awq", "a100-80gb-sxm", "vllm")
+    with pytest.raises(PlanFileError, match="closest matches: l40s|closest matches: l4"):
+        planfile.load(with_value(plan, "inputs.gpu", "l44"))
 
 
 def test_missing_section_names_the_first_key_in_it(valid: dict[str, Any]) -> None:
@@ -118,4 +157,5 @@ def test_one_rule_for_a_replicas_concurrency(
 ) -> None:
     data = copy.deepcopy(valid)
     data["engine_settings"], data["replica"]["max_batch"] = settings, max_batch
-    assert planfile.read(planfile.dump(data)).replica_concurrency == want
+    # the rule alone (validation requires the engine's own setting of a plan that fits)
+    assert planfile.PlanFile.from_mapping(data).replica_concurrency == want

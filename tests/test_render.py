@@ -12,10 +12,10 @@ import yaml
 
 from gateway import planfile
 from gateway.cli import main
+from gateway.errors import FieldError
 from gateway.render import rules
 from gateway.render.bundle import render_all
 from gateway.render.engine import llama_server_args, vllm_args
-from gateway.render.errors import RenderError
 from gateway.render.fleet import fleet_from_plan, scaled
 from gateway.render.gateway_config import render_gateway_config, serve_data
 from gateway.server import config as gwconfig
@@ -160,7 +160,7 @@ def test_slo_counts_at_the_bucket_at_or_below(slo: float, buckets: tuple, want: 
 def test_plan_that_does_not_fit_names_the_field() -> None:
     plan = plan_of("vllm-awq")
     plan["engine_settings"] = None
-    with pytest.raises(RenderError) as e:
+    with pytest.raises(FieldError) as e:  # the plan file's own check, before render's
         render_all(plan)
     assert e.value.field == "engine_settings"
 

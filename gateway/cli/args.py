@@ -12,10 +12,14 @@ from gateway.planner.errors import PlanError
 
 
 def duration(text: str) -> float:
-    """Seconds from `2s`, `50ms`, `1.5` (seconds) or `1m`."""
+    """Seconds from `2s`, `50ms`, `1.5s` or `1m`; a bare number is refused (`--tpot-slo 50`
+    meant 50 ms, not 50 s)."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*(ms|s|m)?\s*", text)
     if not m:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 2s or 50ms")
+    if m.group(2) is None:
+        number = m.group(1)
+        raise argparse.ArgumentTypeError(f"{text!r} has no unit; give one: {number}ms or {number}s")
     value = float(m.group(1)) * {"ms": 1e-3, "s": 1.0, "m": 60.0, None: 1.0}[m.group(2)]
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
