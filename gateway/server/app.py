@@ -27,6 +27,9 @@ from gateway.server.config import GatewayConfig
 from gateway.server.errors import (
     BadRequest,
     GatewayError,
+    MethodNotAllowed,
+    ModelNotFound,
+    NotFound,
     PayloadTooLarge,
     RequestTimeout,
     UndecodableBody,
@@ -98,7 +101,9 @@ def create_app(
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_post("/v1/responses", responses)
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{model:.+}", model)  # ids may hold a slash (org/name)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
@@ -210,7 +215,7 @@ async def error_middleware(
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        resp = _error_response(_http_error(e))
+        resp = _error_response(_http_error(e, request))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         resp = _error_response(GatewayError("internal error in the gateway"))
@@ -223,13 +228,23 @@ def _error_response(e: GatewayError) -> web.Response:
     return web.json_response(e.body(), status=e.status, headers=e.headers())
 
 
-def _http_error(e: web.HTTPException) -> GatewayError:
+def _http_error(e: web.HTTPException, request: web.Request) -> GatewayError:
+    """aiohttp's own refusals (no such route, wrong method, body too large) in OpenAI's shape;
+    the 404 words its message as OpenAI does."""
+    asked = f"{request.method} {request.path[:200]}"
     if e.status == 413:
         return PayloadTooLarge(e.text or "request body too large")
+    if isinstance(e, web.HTTPNotFound):
+        return NotFound(f"Invalid URL ({asked})")
+    if isinstance(e, web.HTTPMethodNotAllowed):
+        allowed = e.allowed_methods
+        return MethodNotAllowed(
+            f"Method not allowed ({asked}); allowed: {', '.join(sorted(allowed))}",
+            allowed=allowed,
+        )
     error = GatewayError(e.reason)
     error.status = e.status
     error.type = "invalid_request_error" if e.status < 500 else "internal_error"
-    error.code = {404: "not_found", 405: "method_not_allowed"}.get(e.status)
     return error
 
 
@@ -246,6 +261,12 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
     return await _forward(request, "/v1/embeddings")
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    """The Responses API (vLLM and llama.cpp serve it), relayed whole: validation refuses
+    `stream` (see validation._responses)."""
+    return await _forward(request, "/v1/responses")
 
 
 async def _forward(request: web.Request, path: str) -> web.StreamResponse:
@@ -266,7 +287,7 @@ async def _forward(request: web.Request, path: str) -> web.StreamResponse:
         route=RouteRequest(
             model=model, key=_affinity_key(request, parsed) if policy.needs_key else None
         ),
-        stream=parsed.get("stream", False) and path != "/v1/embeddings",
+        stream=parsed.get("stream", False) and path in (validation.CHAT, validation.COMPLETIONS),
         request_id=request[request_id_key],
         start_s=start_s,
         headers=ticket.headers if ticket is not None else {},
@@ -311,7 +332,7 @@ def _affinity_key(request: web.Request, body: dict[str, Any]) -> str | None:
     key = request.headers.get(routing.affinity_header) or body.get("user")
     if isinstance(key, str) and key:
         return "k:" + key
-    prompt = body.get("prompt")
+    prompt = body.get("prompt", body.get("input"))
     if prompt is None and isinstance(body.get("messages"), list):
         prompt = "".join(
             m["content"]
@@ -326,10 +347,27 @@ def _affinity_key(request: web.Request, body: dict[str, Any]) -> str | None:
 async def models(request: web.Request) -> web.Response:
     """Models served by at least one backend in rotation."""
     request.app[live_key].keyring.identify(request.headers)
-    names = sorted({m for b in request.app[backends_key] if b.up for m in b.config.models})
     created = int(time.time())
-    data = [{"id": n, "object": "model", "created": created, "owned_by": "cardinal"} for n in names]
+    data = [_model_card(name, created) for name in sorted(_served(request.app))]
     return web.json_response({"object": "list", "data": data})
+
+
+async def model(request: web.Request) -> web.Response:
+    """One model as `GET /v1/models` lists it; 404 when no backend in rotation serves it."""
+    request.app[live_key].keyring.identify(request.headers)
+    name = request.match_info["model"]
+    if name not in _served(request.app):
+        raise ModelNotFound(f"The model `{name}` does not exist.", param="model")
+    return web.json_response(_model_card(name, int(time.time())))
+
+
+def _served(app: web.Application) -> set[str]:
+    return {m for b in app[backends_key] if b.up for m in b.config.models}
+
+
+def _model_card(name: str, created: int) -> dict[str, Any]:
+    """A model in OpenAI's shape."""
+    return {"id": name, "object": "model", "created": created, "owned_by": "cardinal"}
 
 
 # -- operations ------------------------------------------------------------------------------

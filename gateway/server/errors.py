@@ -3,7 +3,13 @@ them as `{"error": {"message", "type", "param", "code"}}`."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
+
+from gateway.server import fastjson
+
+# The `code` of an error whose HTTP status says it all
+STATUS_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
 class GatewayError(Exception):
@@ -71,6 +77,44 @@ class NotFound(GatewayError):
 
 class ModelNotFound(NotFound):
     code = "model_not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    """A known path asked with another method; the `Allow` header lists the right ones."""
+
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allowed: Collection[str]) -> None:
+        super().__init__(message)
+        self.allowed = sorted(allowed)
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.allowed)}
+
+
+class UpstreamAnswer(GatewayError):
+    """A backend's error answer that was not in OpenAI's shape (aiohttp's plain-text
+    `404: Not Found` for a route it lacks, an HTML page from a proxy, FastAPI's `{"detail": ...}`),
+    given that shape with the backend's status, so SDKs raise their usual error."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = "invalid_request_error" if status < 500 else "upstream_error"
+        self.code = STATUS_CODES.get(status)
+
+
+def openai_shaped(payload: bytes) -> bool:
+    """Is this body an error in OpenAI's shape: an `error` object with a string `message`?
+    vLLM's and llama.cpp's errors are (with an integer `code`)."""
+    try:
+        body = fastjson.loads(payload)
+    except (ValueError, RecursionError):
+        return False
+    error = body.get("error") if isinstance(body, dict) else None
+    return isinstance(error, dict) and isinstance(error.get("message"), str)
 
 
 class Overloaded(GatewayError):

@@ -32,8 +32,10 @@ from gateway.server.errors import (
     NoBackend,
     Overloaded,
     RequestFailed,
+    UpstreamAnswer,
     UpstreamFailed,
     UpstreamTimeout,
+    openai_shaped,
 )
 from gateway.server.metrics import GatewayMetrics
 from gateway.server.pd import PrefillLegs
@@ -189,10 +191,22 @@ class Proxy:
         if up.status < 500:
             backend.answered()
         self._finish(call, backend, str(up.status), now)
+        if up.status >= 400 and not openai_shaped(payload):
+            return self._reshaped(call, backend, up.status, payload)
         ctype = up.headers.get("Content-Type", "application/json")
         return web.Response(
             body=payload, status=up.status, headers=self._headers(call, {"Content-Type": ctype})
         )
+
+    def _reshaped(self, call: Call, backend: Backend, status: int, payload: bytes) -> web.Response:
+        """A backend's error in another shape, in OpenAI's with its status and its words."""
+        text = " ".join(error_message(payload).split()) or "(an empty body)"
+        where = " (it may not serve that endpoint)" if status in (404, 405) else ""
+        error = UpstreamAnswer(
+            f"backend {backend.name} answered {status} to POST {call.path}{where}: {text}",
+            status=status,
+        )
+        return web.json_response(error.body(), status=status, headers=self._headers(call, {}))
 
     async def _relay(
         self, request: web.Request, call: Call, backend: Backend, up: aiohttp.ClientResponse

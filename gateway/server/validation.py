@@ -15,6 +15,7 @@ from gateway.server.errors import BadRequest, UnsupportedMediaType
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 CHAT, COMPLETIONS, EMBEDDINGS = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
+RESPONSES = "/v1/responses"
 # What aiohttp decodes before the gateway reads the body; anything else would reach the JSON
 # parser (or a backend) still encoded.
 ENCODINGS = ("identity", "gzip", "deflate", "br")
@@ -108,12 +109,16 @@ def check(path: str, body: dict[str, Any]) -> None:
     _number(body, "presence_penalty", low=-2.0, high=2.0)
     _number(body, "frequency_penalty", low=-2.0, high=2.0)
     _stop(body.get("stop"))
+    if path in (CHAT, COMPLETIONS):
+        _one_choice(body.get("n"))
     if path == CHAT:
         _messages(body.get("messages"))
     elif path == COMPLETIONS:
         _prompt(body.get("prompt"))
     elif path == EMBEDDINGS:
         _input(body.get("input"))
+    elif path == RESPONSES:
+        _responses(body)
 
 
 def prompt_chars(body: dict[str, Any]) -> int:
@@ -180,6 +185,34 @@ def _prompt(prompt: Any) -> None:
     raise BadRequest(
         "`prompt` is required: a string, a list of strings, or token ids", param="prompt"
     )
+
+
+def _one_choice(n: int | None) -> None:
+    """`n` above 1 is refused: admission counts a request as one sequence of a backend's batch
+    (`max_inflight` is the engine's max_num_seqs), which `n` choices would overfill, and of one
+    model's backends llama.cpp and the simulated cards refuse it (in their own shapes), so the
+    same request would fail or not by where it was routed."""
+    if n is not None and n > 1:
+        raise BadRequest(
+            f"`n` must be 1, got {n}: the gateway relays one choice per request "
+            f"(each request is one sequence of a backend's batch); send {n} requests instead",
+            param="n",
+        )
+
+
+def _responses(body: dict[str, Any]) -> None:
+    """A Responses API body. Its streams end with a `response.completed` event and no
+    `[DONE]`, which the gateway's relay would take for a truncated stream (and strike the
+    backend for): only whole answers are relayed."""
+    _input(body.get("input"))
+    _integer(body, "max_output_tokens", low=1)
+    _typed(body, "instructions", str, "a string")
+    if body.get("stream"):
+        raise BadRequest(
+            "`stream` must be false on /v1/responses: the gateway relays Responses API answers "
+            "whole, not as event streams",
+            param="stream",
+        )
 
 
 def _input(value: Any) -> None:
