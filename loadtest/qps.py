@@ -3,7 +3,7 @@
     locust -f loadtest/qps.py --headless --host http://127.0.0.1:8080 -t 60s --plan fleet.yaml
 
 Plain Locust runs it (headless or with the web UI, alone or as --master with --worker processes).
-Three things differ from a stock Locust scenario, because stock Locust gets LLM load wrong:
+Four things differ from a stock Locust scenario, because stock Locust gets LLM load wrong:
 
 - Open loop: each driver user starts requests on a Poisson (or constant) schedule, each in its own
   greenlet, however long earlier ones take. Latency is measured from the intended start time, so a
@@ -12,6 +12,9 @@ Three things differ from a stock Locust scenario, because stock Locust gets LLM 
   the time to the response headers.
 - The verdict comes from exact per-request records (Locust's own percentiles are bucketed) and is
   the exit code: 0 pass, 1 fail, 2 invalid (the generator could not keep its schedule).
+- Locust counts the chat requests only; TTFT, TPOT and output tokens are tallied apart
+  (webui.py): the web UI shows them and, once a run stops, the verdict in tabs of their own
+  (and GET /verdict); a run's end prints them after Locust's tables.
 
 The rate is split evenly over the users (`-u`, default 1 per process is plenty: a driver is not a
 simulated person but a clock). Nothing here imports Cardinal's gateway: users run it alone.
@@ -41,6 +44,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from probe import LoopProbe
 from scenario import OptionError, Options, add_options
 from verdict import INVALID, Record, Verdict, arrivals, judge, render
+from webui import Board, Measures, install, render_measures
 from workload import Prompts, read_stream, read_whole
 
 log = logging.getLogger("cardinal.loadtest")
@@ -50,9 +54,10 @@ events.init_command_line_parser.add_listener(add_options)
 class Load:
     """One process's share of the run: its drivers' records and its connections."""
 
-    def __init__(self, env: Environment, options: Options) -> None:
+    def __init__(self, env: Environment, options: Options, measures: Measures) -> None:
         self.env = env
         self.options = options
+        self.measures = measures
         self.records: list[Record] = []
         self.start = math.inf
         self.drivers = 0
@@ -134,15 +139,18 @@ class Load:
         path = self._url.path.rstrip("/") + "/v1/chat/completions"
         rec.sent = time.time()
         conn: Any = None
+        size = 0  # bytes of the answer's body: Locust's "size" column
         try:
             conn, resp = self._send(path, body)
             if resp.status != 200:
-                rec.error = f"HTTP {resp.status}: {resp.read(300).decode(errors='replace')}"
+                head = resp.read(300)
+                size = len(head)
+                rec.error = f"HTTP {resp.status}: {head.decode(errors='replace')}"
             elif self.options.stream:
-                read_stream(resp, rec)
+                size = read_stream(resp, rec)
             else:
-                read_whole(resp, rec)
-            resp.read()  # drain what follows (the chunked terminator) so the connection is reusable
+                size = read_whole(resp, rec)
+            size += len(resp.read())  # drain what follows so the connection is reusable
             rec.finished = True
             if resp.will_close:
                 conn.close()
@@ -153,45 +161,21 @@ class Load:
             rec.finished = True
             if conn is not None:
                 conn.close()
-        self._report(rec, path)
+        self._report(rec, path, size)
 
-    def _report(self, rec: Record, path: str) -> None:
-        fire = self.env.events.request.fire
-        e2e_ms = (time.time() if math.isnan(rec.end) else rec.end) - rec.scheduled
-        fire(
+    def _report(self, rec: Record, path: str, size: int) -> None:
+        """One Locust request entry per request; TTFT, TPOT and tokens go to the measures (not
+        requests: as entries they multiplied the request rate and put tokens under "ms")."""
+        e2e_s = (time.time() if math.isnan(rec.end) else rec.end) - rec.scheduled
+        self.env.events.request.fire(
             request_type="POST",
             name=path,
-            response_time=e2e_ms * 1e3,
-            response_length=rec.tokens,
+            response_time=e2e_s * 1e3,
+            response_length=size,
             exception=RuntimeError(rec.error) if rec.error else None,
             context={},
         )
-        if rec.ok and self.options.stream:
-            fire(
-                request_type="LLM",
-                name="TTFT",
-                response_time=rec.ttft * 1e3,
-                response_length=0,
-                exception=None,
-                context={},
-            )
-            fire(
-                request_type="LLM",
-                name="TPOT",
-                response_time=rec.tpot * 1e3,
-                response_length=0,
-                exception=None,
-                context={},
-            )
-        if rec.ok:
-            fire(
-                request_type="LLM",
-                name="output tokens",
-                response_time=rec.tokens,
-                response_length=rec.tokens,
-                exception=None,
-                context={},
-            )
+        self.measures.add(rec, stream=self.options.stream)
 
 
 class RunState:
@@ -202,6 +186,7 @@ class RunState:
         self.payloads: list[dict[str, Any]] = []  # master: what each worker sent
         self.verdict: gevent.Greenlet | None = None
         self.interrupted = False  # Ctrl-C: the run ends with no verdict
+        self.board = Board()  # what the web UI and the end-of-run tables show
 
 
 def _state(environment: Environment) -> RunState:
@@ -232,16 +217,38 @@ def _init(environment: Environment, **_: Any) -> None:
     runner = environment.runner
     if isinstance(runner, MasterRunner):
         runner.register_message("cardinal_records", _on_records)
+    _show(environment)
     if not isinstance(runner, WorkerRunner) and environment.parsed_options is not None:
-        # workers get the master's custom options with the spawn message, not -u: pass it on
-        environment.parsed_options.cardinal_users = environment.parsed_options.num_users
-        environment.parsed_options.cardinal_run_time = environment.parsed_options.run_time
         _options_or_exit(environment)
         # installed, not inherited: a shell starts a background job with SIGINT ignored
         gevent.signal_handler(signal.SIGINT, _interrupt, environment)
     # the event loop's clock stands where it stood before the imports and the plan were read
     # (seconds on a busy machine): -t's timer, set next from it, would end the run that much early
     gevent.get_hub().loop.update_now()
+
+
+def _show(environment: Environment) -> None:
+    """The measures and the verdict: a worker sends its measures to the master with each stats
+    report; the master or a lone process shows them in the web UI and after its stats table."""
+    board, events = _state(environment).board, environment.events
+    if isinstance(environment.runner, WorkerRunner):
+        events.report_to_master.add_listener(
+            lambda data, **_: data.update(cardinal_measures=board.measures.take())
+        )
+        return
+    events.worker_report.add_listener(
+        lambda data, **_: board.measures.merge(data.get("cardinal_measures") or {})
+    )
+    events.reset_stats.add_listener(board.measures.reset)
+    events.quit.add_listener(lambda **_: _print_measures(board))
+    if environment.web_ui is not None:
+        install(environment.web_ui, board)
+
+
+def _print_measures(board: Board) -> None:
+    """After Locust's own tables, on the same console logger (stderr; stdout keeps the verdict)."""
+    if board.measures.rows():
+        logging.getLogger("locust.stats_logger").info(render_measures(board.measures.rows()))
 
 
 def _interrupt(environment: Environment) -> None:
@@ -268,11 +275,17 @@ def _options_or_exit(environment: Environment) -> Options:
 def _test_start(environment: Environment, **_: Any) -> None:
     state = _state(environment)
     state.payloads = []
+    state.board.start()
+    o = environment.parsed_options
+    if not isinstance(environment.runner, WorkerRunner) and o is not None:
+        # workers get the master's custom options with the spawn message, not -u or -t: pass
+        # them on, as they stand now (the web UI's form sets them for each run it starts)
+        o.cardinal_users, o.cardinal_run_time = o.num_users, o.run_time
     if isinstance(environment.runner, MasterRunner):
         return
     options = _options_or_exit(environment)
     try:
-        state.load = Load(environment, options)
+        state.load = Load(environment, options, state.board.measures)
     except OptionError as e:
         sys.stderr.write(f"loadtest/qps.py: error: {e}\n")
         sys.exit(2)
@@ -345,6 +358,7 @@ def _conclude(environment: Environment, payloads: list[dict[str, Any]], stop: fl
     )
     print(render(verdict, options.settings), flush=True)
     environment.process_exit_code = verdict.code if payloads else INVALID
+    _state(environment).board.judged(verdict, options.settings)
     o = environment.parsed_options
     if o.summary_json:
         summary = {

@@ -116,12 +116,14 @@ def spread(rng: random.Random, mean: int, spread: float) -> int:
     return max(1, round(mean * (1 + spread * (2 * rng.random() - 1))))
 
 
-def read_stream(resp: http.client.HTTPResponse, rec: Record) -> None:
+def read_stream(resp: http.client.HTTPResponse, rec: Record) -> int:
     """SSE line by line: the first non-empty content delta is the first token, timed when its
-    line was read (before it is parsed)."""
+    line was read (before it is parsed). Returns the bytes read."""
     events = 0
     usage = None
+    size = 0
     for line in iter(resp.readline, b""):
+        size += len(line)
         if not line.startswith(b"data:"):
             continue
         arrived = time.time()
@@ -129,11 +131,11 @@ def read_stream(resp: http.client.HTTPResponse, rec: Record) -> None:
         if data == b"[DONE]":
             rec.end = arrived
             rec.tokens = usage if usage is not None else events
-            return
+            return size
         chunk = json.loads(data)
         if "error" in chunk:
             rec.error = f"error event: {chunk['error'].get('message', chunk['error'])}"
-            return
+            return size
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
             if delta.get("content") or choice.get("text"):
@@ -143,9 +145,13 @@ def read_stream(resp: http.client.HTTPResponse, rec: Record) -> None:
         if chunk.get("usage"):
             usage = chunk["usage"].get("completion_tokens")
     rec.error = "stream ended without [DONE]"
+    return size
 
 
-def read_whole(resp: http.client.HTTPResponse, rec: Record) -> None:
-    body = json.loads(resp.read())
+def read_whole(resp: http.client.HTTPResponse, rec: Record) -> int:
+    """A non-streaming answer: its end is its first token. Returns the bytes read."""
+    raw = resp.read()
+    body = json.loads(raw)
     rec.end = rec.first = time.time()
     rec.tokens = int((body.get("usage") or {}).get("completion_tokens") or 0)
+    return len(raw)
