@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.server.attempt import well_formed
-from gateway.server.sse import EventFramer, StreamMeter
+from gateway.server.sse import EventFramer, StreamMeter, usage
 
 E1 = b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n'
 E2 = b'data: {"choices":[{"delta":{"content":"b"}}]}\n\n'
@@ -67,3 +67,11 @@ def test_a_first_token_with_an_infinite_logprob_is_timed() -> None:
     meter = StreamMeter(start_s=0.0, ttft=ttfts.append, itl=lambda _: None)
     meter.feed(NEG_INF + b"\n\n", 0.25)
     assert ttfts == [0.25] and meter.tokens == 1
+
+
+def test_usage_reads_chat_and_responses_api_counts() -> None:
+    chat = b'{"usage":{"prompt_tokens":12,"total_tokens":20,"completion_tokens":8}}'
+    responses = b'"usage":{"input_tokens":12,"input_tokens_details":{"cached_tokens":0},'
+    responses += b'"output_tokens":8,"output_tokens_details":{"reasoning_tokens":0}}'
+    assert usage(chat) == usage(responses) == {"prompt_tokens": 12, "completion_tokens": 8}
+    assert usage(b'data: {"choices":[{"delta":{"content":"hi"}}]}') == {}

@@ -13,12 +13,22 @@ from collections.abc import Callable
 
 from gateway.server import fastjson
 
-USAGE_RE = re.compile(rb'"(prompt_tokens|completion_tokens)"\s*:\s*(\d+)')
+USAGE_RE = re.compile(
+    rb'"(prompt_tokens|completion_tokens|input_tokens|output_tokens)"\s*:\s*(\d+)'
+)
+# the Responses API's names for the same two counts
+USAGE_NAMES = {
+    b"prompt_tokens": "prompt_tokens",
+    b"completion_tokens": "completion_tokens",
+    b"input_tokens": "prompt_tokens",
+    b"output_tokens": "completion_tokens",
+}
 
 
 def usage(body: bytes) -> dict[str, int]:
-    """`prompt_tokens` and `completion_tokens` from a response body or SSE chunk, if present."""
-    return {m.group(1).decode(): int(m.group(2)) for m in USAGE_RE.finditer(body)}
+    """`prompt_tokens` and `completion_tokens` from a response body or SSE chunk, if present
+    (a Responses API body's `input_tokens` and `output_tokens` under those names)."""
+    return {USAGE_NAMES[m.group(1)]: int(m.group(2)) for m in USAGE_RE.finditer(body)}
 
 
 class StreamMeter:
