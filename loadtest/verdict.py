@@ -23,6 +23,7 @@ OFFERED_TOLERANCE = 0.10  # a window cuts arrival blocks: its offered rate may s
 BLOCK_ARRIVALS = 20  # arrivals per block: the rate is exact per block (see `arrivals`)
 MIN_WINDOW_S = 10.0  # a shorter judged window says little about a fleet (--min-window)
 TAIL_REQUESTS = 5  # the SLO percentile must rest on this many requests beyond it (--min-requests)
+LIMIT_WIDTH = 34  # the verdict table's limit column (check_row)
 
 
 def min_requests(percentile: float) -> int:
@@ -387,10 +388,10 @@ def render(v: Verdict, s: Settings) -> str:
         f"target {s.target_qps:g}), {v.sent} sent ({v.sent_qps:.2f} QPS), {v.completed} completed "
         f"({v.completed_qps:.2f} QPS)",
         "",
-        f"  {'check':<24}{'value':>12}   {'limit':<24}result",
+        check_row("check", "value", "limit", "result"),
     ]
     for c in v.checks + v.validity:
-        lines.append(f"  {c.name:<24}{c.value:>12}   {c.limit:<24}{'ok' if c.ok else 'MISSED'}")
+        lines.append(check_row(c.name, c.value, c.limit, "ok" if c.ok else "MISSED"))
     low, high = v.stats.get("attainment_low"), v.stats.get("attainment_high")
     if low is not None and high is not None:
         lines.append(
@@ -414,6 +415,12 @@ def render(v: Verdict, s: Settings) -> str:
             "its own."
         )
     return "\n".join(lines)
+
+
+def check_row(name: str, value: str, limit: str, result: str) -> str:
+    """One row of the verdict table. The limit column fits the longest limit written here
+    ("<= 250 ms (median, 1st-3rd third)"), and a longer one is still followed by a space."""
+    return f"  {name:<24}{value:>12}   {limit:<{LIMIT_WIDTH}} {result}"
 
 
 def _ms(seconds: float) -> str:

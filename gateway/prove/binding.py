@@ -1,8 +1,15 @@
-"""Which constraint binds a fleet: the one with the least slack, from the verdict and the cards."""
+"""Which constraint binds a fleet (the one with the least slack, from the verdict and the cards),
+and why a trial that did not pass failed (its errors by cause, from its records)."""
 
 from __future__ import annotations
 
+import csv
+import json
 import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from gateway.prove.trial import Trial, known_mean
@@ -54,3 +61,94 @@ def _show(figure: float | None) -> str:
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
+
+
+# -- why a trial failed ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ErrorCause:
+    """Requests in the judged window that ended the same way, and how many did."""
+
+    verb: str  # refused, failed, unanswered
+    what: str  # 'got 429 "no slot for `m` within 5 s"', from the records' own text
+    count: int
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """A trial's records CSV (loadtest/qps.py's columns), figures as floats; [] where none."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            return [
+                {k: (v if k == "error" else float(v)) for k, v in row.items()}
+                for row in csv.DictReader(f)
+            ]
+    except OSError:
+        return []
+
+
+def judged(trial: Trial, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records the verdict judged: scheduled inside its window (warm-up and cool-down out)."""
+    lo, hi = trial.verdict["window"]
+    return [r for r in rows if lo <= r["scheduled_s"] < hi]
+
+
+def errors_by_cause(rows: list[dict[str, Any]]) -> list[ErrorCause]:
+    """The failed requests among `rows`, grouped by what they got back, most common first."""
+    counts = Counter(_cause(r["error"]) for r in rows if r["error"])
+    return [ErrorCause(verb, what, n) for (verb, what), n in counts.most_common()]
+
+
+def failure_cause(trial: Trial, *, binding: str) -> str | None:
+    """One line on why a trial did not pass (None when it did): its errors by cause with their
+    measured shares where too many failed, else the checks it missed and the `binding`
+    constraint behind them."""
+    if trial.passed:
+        return None
+    if trial.invalid:
+        return f"not judged: {_missed(trial.verdict.get('validity', []))}"
+    checks = trial.verdict.get("checks", [])
+    window = judged(trial, read_records(trial.records_csv))
+    causes = errors_by_cause(window)
+    if causes and any(c["name"] == "error rate" and not c["ok"] for c in checks):
+        return _errors_line(causes, len(window))
+    return f"missed {_missed(checks)}; {binding}"
+
+
+def _errors_line(causes: list[ErrorCause], of: int) -> str:
+    """`refused: 7.4 % got 429 "...", 2.0 % got 429 "..."; failed: ...`, most common first."""
+    verbs: dict[str, list[str]] = {}
+    for c in causes:
+        verbs.setdefault(c.verb, []).append(f"{_share(c.count, of)} {c.what}")
+    return "; ".join(f"{verb}: {', '.join(parts)}" for verb, parts in verbs.items())
+
+
+def _cause(error: str) -> tuple[str, str]:
+    """(verb, what) for one record's error text: qps.py writes `HTTP <status>: <body>`, the
+    exception it caught, or `unfinished`."""
+    if m := re.match(r"HTTP (\d{3}): (.*)", error, re.DOTALL):
+        status, body = m.groups()
+        return ("refused" if status == "429" else "failed"), f'got {status} "{_message(body)}"'
+    if error == "unfinished":
+        return "unanswered", "were still waiting for their answer when the run ended"
+    return "failed", f"ended in {error}"
+
+
+def _message(body: str) -> str:
+    """The `error.message` of an OpenAI-shaped error body (qps.py keeps its first 300 bytes, so
+    it may be cut short), else the body itself."""
+    try:
+        message = json.loads(body)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        m = re.search(r'"message":\s*"((?:[^"\\]|\\.)*)', body)
+        message = m.group(1) if m else body
+    return " ".join(str(message).split())
+
+
+def _missed(checks: list[dict[str, Any]]) -> str:
+    missed = [f"{c['name']} {c['value']} ({c['limit']})" for c in checks if not c["ok"]]
+    return ", ".join(missed) or "no check (see the verdict table)"
+
+
+def _share(count: int, of: int) -> str:
+    return f"{100 * count / max(of, 1):.1f} %"

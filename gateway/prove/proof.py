@@ -13,7 +13,7 @@ from pathlib import Path
 from gateway import planfile
 from gateway.planfile import PlanFile
 from gateway.prove.at_scale import prove_at_scale
-from gateway.prove.binding import binding_constraint
+from gateway.prove.binding import binding_constraint, failure_cause
 from gateway.prove.fleet import gateway, plan_batch, sim_cards
 from gateway.prove.report import write_report
 from gateway.prove.trial import Trial, run_trial, slots, wait_idle
@@ -73,20 +73,36 @@ def prove(o: ProveOptions, *, say: Callable[[str], None] = print) -> int:
             return trial
 
         main = run("proof", target, gw, urls)
-        say(main.table)
-        binding = binding_constraint(main, max_num_seqs=seqs)
-        say(f"binding constraint: {binding}")
+        binding = _explain(main, max_num_seqs=seqs, say=say)
         minimal = _minimal(stack, o, run, target, urls, own, say) if o.check_minimal else None
+        minimal_binding = _explain(minimal, max_num_seqs=seqs, say=say) if minimal else None
         start = (plan.replica.capacity_qps or target / n) * n  # search around the plan
         sweep = _sweep(lambda q: run(f"sweep-{q:.2f}", q, gw, urls), start, say) if o.sweep else []
     code = _outcome(main, minimal, say)
     if sweep:
         _report_sweep(sweep, plan, n, say)
     page = write_report(
-        o.report, plan=plan, main=main, binding=binding, sweep=sweep, minimal=minimal
+        o.report,
+        plan=plan,
+        main=main,
+        binding=binding,
+        sweep=sweep,
+        minimal=minimal,
+        minimal_binding=minimal_binding,
     )
     say(f"report: {page}")
     return code
+
+
+def _explain(trial: Trial, *, max_num_seqs: int | None, say: Callable[[str], None]) -> str:
+    """Print a trial's verdict table, its binding constraint and, unless it passed, the cause in
+    one line (its records' errors or the checks it missed); return the binding constraint."""
+    say(trial.table)
+    binding = binding_constraint(trial, max_num_seqs=max_num_seqs)
+    say(f"binding constraint: {binding}")
+    if (cause := failure_cause(trial, binding=binding)) is not None:
+        say(f"cause of {trial.verdict['label']}: {cause}")
+    return binding
 
 
 def engine_slots(urls: list[str], plan: PlanFile, say: Callable[[str], None]) -> list[int | None]:
@@ -128,9 +144,7 @@ def _minimal(
     fewer = urls[:-1]
     log = o.report / "gateway-1.log"
     gw = stack.enter_context(gateway(o.plan_path, backends=fewer, log=log, slots=own[:-1]))
-    trial = run("minus-one", target, gw, fewer)
-    say(trial.table)
-    return trial
+    return run("minus-one", target, gw, fewer)
 
 
 def _outcome(main: Trial, minimal: Trial | None, say: Callable[[str], None]) -> int:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.sim.lag import LATE_S
-from loadtest.verdict import COMPLETED_SHARE_LIMIT
+from loadtest.verdict import COMPLETED_SHARE_LIMIT, check_row
 
 LAG = "sim_event_loop_lag_seconds"
 LATE_SHARE = 0.01  # of a card's wake-ups in the window (the p99 the simulator promises to keep)
@@ -60,7 +60,7 @@ def judge_lag(
     summary) is updated in place."""
     verdict["validity"].append(check)
     ok = "ok" if check["ok"] else "MISSED"
-    row = f"  {check['name']:<24}{check['value']:>12}   {check['limit']:<24}{ok}"
+    row = check_row(check["name"], check["value"], check["limit"], ok)
     lines = table.split("\n")
     last = max((i for i, x in enumerate(lines) if x.startswith("  generator ")), default=-1)
     table = "\n".join([*lines[: last + 1], row, *lines[last + 1 :]])

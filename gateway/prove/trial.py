@@ -209,7 +209,7 @@ def _watch(
             last_print = s.t
             rate = (s.requests - prev.requests) / (s.t - prev.t)
             progress(
-                f"  {s.t:4.0f}/{duration_s:.0f} s  done {rate:6.2f} QPS"
+                f"  {min(s.t, duration_s):4.0f}/{duration_s:.0f} s  done {rate:6.2f} QPS"
                 f"  in flight {s.inflight:4.0f}"
                 f"  gateway queue {s.queued:3.0f}  card batch {card_mean(s.running)}"
                 f"  card queue {card_mean(s.waiting)}"
