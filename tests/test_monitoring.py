@@ -23,7 +23,7 @@ import yaml
 from gateway import planfile
 from gateway.cli import main
 from gateway.render.bundle import render_monitoring
-from gateway.render.compose import render_compose
+from gateway.render.compose import GatewayImage, render_compose
 from gateway.render.dashboards import DATASOURCE
 from gateway.render.fleet import scaled
 from gateway.render.prometheus import render_prometheus_config
@@ -58,7 +58,7 @@ def demo_plan(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_committed_fleet_files_are_current(demo_plan: dict, capsys: pytest.CaptureFixture) -> None:
     expected = {
-        "docker-compose.yml": render_compose(demo_plan, sim=True, source="."),
+        "docker-compose.yml": render_compose(demo_plan, sim=True, image=GatewayImage(context=".")),
         **render_monitoring(demo_plan, sim=True),
     }
     for rel, text in expected.items():

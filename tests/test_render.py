@@ -31,7 +31,7 @@ SHARED = ("monitoring/grafana/", "monitoring/prometheus/rules/gateway.yml", "rul
 # vLLM's documented `vllm serve` flags and choices for the ones Cardinal sets
 # (docs.vllm.ai/en/v0.8.5/serving/engine_args.html and the OpenAI server's --host/--port).
 VLLM_FLAGS = {
-    "--model", "--served-model-name", "--host", "--port", "--tensor-parallel-size",
+    "--reasoning-parser", "--served-model-name", "--host", "--port", "--tensor-parallel-size",
     "--pipeline-parallel-size", "--max-num-seqs", "--max-model-len", "--gpu-memory-utilization",
     "--kv-cache-dtype", "--quantization",
 }  # fmt: skip
@@ -52,7 +52,7 @@ def plan_of(case: str) -> dict:
 
 
 def golden_files(case: str) -> dict[str, str]:
-    files = render_all(plan_of(case), source=".")
+    files = render_all(plan_of(case))
     return {k: v for k, v in files.items() if not any(s in k for s in SHARED)}
 
 
@@ -115,7 +115,7 @@ def test_vllm_fp8_quantizes_online_and_awq_loads_a_checkpoint() -> None:
     awq = _flags(vllm_args(fleet_from_plan(plan_of("vllm-awq"))))
     # the checkpoint's config names AWQ, and vLLM then picks its Marlin kernels itself
     assert "--quantization" not in awq
-    assert awq["--model"].endswith("-awq")
+    assert vllm_args(fleet_from_plan(plan_of("vllm-awq")))[0].endswith("-awq")
 
 
 def test_llama_server_arguments() -> None:
@@ -126,7 +126,8 @@ def test_llama_server_arguments() -> None:
     s = fleet.settings
     assert flags["-ngl"] == str(s["gpu_layers"])
     assert flags["--n-cpu-moe"] == str(s["n_cpu_moe"])
-    assert (flags["-c"], flags["-np"]) == (str(s["ctx_size"]), str(s["parallel"]))
+    # 768 tokens a slot (512 + 256) and the chat template's 128, rounded up to 256: 1024 a slot
+    assert (flags["-c"], flags["-np"]) == ("2048", str(s["parallel"]))
     assert flags["-hf"] == "unsloth/DeepSeek-V3.1-GGUF:Q8_0"
     assert "--metrics" in flags
     for flag, choices in LLAMA_CHOICES.items():
@@ -177,15 +178,16 @@ def test_cli_writes_every_file_and_says_so(tmp_path: Path, capsys: pytest.Captur
     assert main(["render", str(src), "-o", str(tmp_path / "deploy")]) == 0
     printed = capsys.readouterr().out.splitlines()
     written = sorted(str(p.relative_to(tmp_path / "deploy")) for p in tmp_path.rglob("*.*"))
-    assert len(printed) == len(render_all(plan_of("vllm-awq"))) >= 14
+    # every file, and one line for the gateway image's build context
+    assert len(printed) == len(render_all(plan_of("vllm-awq"))) + 1 >= 15
     assert "docker-compose.yml" in written and "nginx.conf" in written
     assert os.access(tmp_path / "deploy" / "engine.sh", os.X_OK)
     compose = yaml.safe_load((tmp_path / "deploy" / "docker-compose.yml").read_text())
     assert (
         Path(tmp_path / "deploy", compose["services"]["gateway"]["build"]["context"])
-        .joinpath("pyproject.toml")
+        .joinpath("Dockerfile")
         .exists()
-    ), "the build context is the repository, relative to the output"
+    ), "the build context is in the output: the repository's Dockerfile and source"
 
 
 def test_cli_only_and_replicas(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -199,7 +199,10 @@ def test_kubernetes_manifests_follow_the_kubernetes_schemas(case: str) -> None:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
     kinds = [d["kind"] for d in docs]
     assert kinds.count("HorizontalPodAutoscaler") == 1
-    engines = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] != "gateway"]
+    engines = [
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].startswith("engine-")
+    ]
+    assert engines
     for d in engines:
         pod = d["spec"]["template"]
         container = pod["spec"]["containers"][0]

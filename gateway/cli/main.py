@@ -72,6 +72,17 @@ COMMANDS = {
 }
 
 
+# a module the core install lacks -> the extra that brings it (pyproject.toml)
+EXTRAS = {
+    "litellm": "plan",
+    "nginx": "plan",
+    "locust": "loadtest",
+    "matplotlib": "plots",
+    "redis": "gateway",
+    "uvloop": "gateway",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -82,4 +93,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except yaml.YAMLError as e:
         print(f"cardinal {args.command}: error: not valid YAML: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # an extra this install left out (pyproject.toml)
+        extra = EXTRAS.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(
+            f"cardinal {args.command}: error: this needs {e.name!r}, which the `{extra}` extra "
+            f"installs: pip install 'cardinal[{extra}]' (or 'cardinal[all]')",
+            file=sys.stderr,
+        )
         return 2

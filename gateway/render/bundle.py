@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.render.compose import render_compose
+from gateway.render.compose import BUILT, GatewayImage, render_compose
 from gateway.render.dashboards import (
     render_dashboard_provider,
     render_dashboards,
@@ -44,17 +44,20 @@ def render_monitoring(plan: Mapping[str, Any], *, sim: bool = False) -> dict[str
     return {f"monitoring/{k}": v for k, v in files.items()}
 
 
-def render_all(plan: Mapping[str, Any], *, sim: bool = False, source: str = ".") -> dict[str, str]:
-    """All files; `source` is the build context for the cardinal image, relative to the output."""
+def render_all(
+    plan: Mapping[str, Any], *, sim: bool = False, image: GatewayImage = BUILT
+) -> dict[str, str]:
+    """All files; `image` is the gateway's (built from a context relative to the output, or
+    pulled by name)."""
     return {
-        "docker-compose.yml": render_compose(plan, sim=sim, source=source),
+        "docker-compose.yml": render_compose(plan, sim=sim, image=image),
         "nginx.conf": render_nginx(plan),
         "gateway.yaml": render_gateway_config(plan),
-        "kubernetes.yaml": render_kubernetes(plan),
+        "kubernetes.yaml": render_kubernetes(plan, image=image),
         "engine.sh": render_engine_script(plan),
         "Modelfile": render_modelfile(plan),
         "prometheus-targets.yml": render_scrape_targets(plan),
         **render_monitoring(plan, sim=sim),
-        **render_sglang(plan, source=source),
+        **render_sglang(plan, image=image),
         **render_vllm_ep(plan),
     }

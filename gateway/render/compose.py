@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from gateway import planfile
@@ -25,35 +26,55 @@ IMAGES = {
     "grafana": "grafana/grafana:11.2.2",
     "redis": "redis:7.2-alpine",
 }
-# Only what `pip install` needs, so a checkout's .venv and caches stay out of the build.
-DOCKERFILE = """\
-FROM python:3.11-slim
-COPY pyproject.toml README.md /src/
-COPY gateway /src/gateway
-RUN pip install --no-cache-dir /src
-"""
+BUILD_DIR = "cardinal-image"  # where `cardinal render` copies the Dockerfile and the source
+
+
+@dataclass(frozen=True)
+class GatewayImage:
+    """The image the gateway and simulated cards run: built from `context` (a folder holding the
+    repository's Dockerfile, relative to the Compose file), or pulled as `name` when None."""
+
+    name: str = IMAGES["cardinal"]
+    context: str | None = BUILD_DIR
+
+    def service(self) -> dict[str, Any]:
+        build = {"build": {"context": self.context}} if self.context is not None else {}
+        return {"image": self.name, **build, "restart": "unless-stopped"}
+
+    def below(self) -> GatewayImage:
+        """The same image seen from a Compose file one folder down."""
+        if self.context is None or self.context.startswith("/"):
+            return self
+        return GatewayImage(self.name, f"../{self.context}")
+
+
+BUILT = GatewayImage()  # the default: built from the rendered folder's cardinal-image/
 GATEWAY_REPLICAS = 2
 REDIS_URL = "redis://redis:6379/0"  # the gateway replicas' shared per-key limits
 LOADING_S = 900  # a large model downloads and loads for minutes before /health answers
 
 
 def render_compose(
-    plan: Mapping[str, Any], *, sim: bool = False, source: str = ".", monitoring: str = "."
+    plan: Mapping[str, Any],
+    *,
+    sim: bool = False,
+    image: GatewayImage = BUILT,
+    monitoring: str = ".",
 ) -> str:
-    """The Compose file; `source` is the build context (the repository), `monitoring` the folder
-    holding `monitoring/`, both relative to the Compose file."""
+    """The Compose file; `image` the gateway's, `monitoring` the folder holding `monitoring/`,
+    relative to the Compose file."""
     fleet = fleet_from_plan(plan)
     engines = {f"engine-{i}": _engine(fleet, i, gpu_profile=sim) for i in range(fleet.replicas)}
-    cards = {f"card-{i}": _card(source) for i in range(fleet.replicas)} if sim else {}
+    cards = {f"card-{i}": _card(image) for i in range(fleet.replicas)} if sim else {}
     backends = list(cards or engines)
     services: dict[str, Any] = {
         **cards,
         **engines,
-        "gateway": gateway_service(source, "gateway", backends, replicas=GATEWAY_REPLICAS),
+        "gateway": gateway_service(image, "gateway", backends, replicas=GATEWAY_REPLICAS),
     }
     if sim:
         services["gateway-gpu"] = {
-            **gateway_service(source, "gateway-gpu", list(engines), replicas=1),
+            **gateway_service(image, "gateway-gpu", list(engines), replicas=1),
             "profiles": ["gpu"],
             "ports": [f"8090:{GATEWAY_PORT}"],
         }
@@ -112,14 +133,6 @@ def inline_config(text: str) -> dict[str, str]:
     return {"content": text.replace("$", "$$")}
 
 
-def _cardinal(source: str) -> dict[str, Any]:
-    return {
-        "image": IMAGES["cardinal"],
-        "build": {"context": source, "dockerfile_inline": DOCKERFILE},
-        "restart": "unless-stopped",
-    }
-
-
 def http_check(url: str, *, start_s: int) -> dict[str, Any]:
     probe = f"import urllib.request; urllib.request.urlopen('{url}', timeout=2)"
     return {
@@ -131,10 +144,10 @@ def http_check(url: str, *, start_s: int) -> dict[str, Any]:
     }
 
 
-def _card(source: str) -> dict[str, Any]:
+def _card(image: GatewayImage) -> dict[str, Any]:
     command = ["cardinal", "sim", "--plan", "/etc/cardinal/fleet.yaml", "--cards", "1"]
     return {
-        **_cardinal(source),
+        **image.service(),
         "command": _command([*command, "--host", "0.0.0.0", "--port", str(ENGINE_PORT)]),
         "configs": [{"source": "fleet", "target": "/etc/cardinal/fleet.yaml"}],
         "healthcheck": http_check(f"http://127.0.0.1:{ENGINE_PORT}/health", start_s=10),
@@ -186,10 +199,10 @@ def gpu_engine(devices: list[str]) -> dict[str, Any]:
 
 
 def gateway_service(
-    source: str, config: str, backends: list[str], *, replicas: int
+    image: GatewayImage, config: str, backends: list[str], *, replicas: int
 ) -> dict[str, Any]:
     return {
-        **_cardinal(source),
+        **image.service(),
         "command": "cardinal serve --config /etc/cardinal/gateway.yaml",
         "configs": [{"source": config, "target": "/etc/cardinal/gateway.yaml"}],
         "depends_on": {

@@ -10,8 +10,20 @@ from gateway.render.checkpoint import gguf_repo
 from gateway.render.errors import RenderError
 from gateway.render.fleet import ENGINE_PORT, Fleet, fleet_from_plan
 
-VLLM_IMAGE = "vllm/vllm-openai:v0.10.2"
-LLAMA_IMAGE = "ghcr.io/ggml-org/llama.cpp:server-cuda"
+# The newest vLLM release with a published image found: v0.31.0 (its manifest digest resolved from
+# Docker Hub on 2026-10-07; v0.31.1 was an rc with no image). Its ENTRYPOINT is `vllm serve`
+# (docker/Dockerfile, target vllm-openai), so the arguments start with the model; the images of
+# early 2026 ran `python3 -m vllm.entrypoints.openai.api_server`, which ignores a positional model.
+VLLM_IMAGE = "vllm/vllm-openai:v0.31.0"
+# llama.cpp's CI (.github/workflows/docker.yml) tags each image it publishes from master twice:
+# `server-cuda`, which floats, and `server-cuda-b<build number>`. b11176 is `server-cuda` of
+# 2026-09-26 (CUDA 12.8.1, digest sha256:1f4b9cf5...); its ENTRYPOINT is /app/llama-server.
+LLAMA_IMAGE = "ghcr.io/ggml-org/llama.cpp:server-cuda-b11176"
+# Chat-template tokens a llama-server slot holds beyond the prompt: Llama 3.1's template adds ~25
+# (its default system block) + ~5 a message + 4 (the assistant header), Qwen 2.5's ~20 + ~5 a
+# message + 3, DeepSeek-R1's ~5 (their tokenizer_config.json templates): 128 covers a dozen turns.
+TEMPLATE_TOKENS = 128
+SLOT_ALIGN = 256  # llama.cpp pads each slot's context up to a multiple of 256
 VLLM_KV = {"auto": None, "f16": None, "fp16": None, "bf16": None, "fp8": "fp8"}
 LLAMA_KV = {"auto": None, "f16": None, "fp16": None, "bf16": "bf16", "q8_0": "q8_0", "q4_0": "q4_0"}
 # Ollama pulls GGUF only: the nearest GGUF quantization to a vLLM one, for a single-card trial
@@ -19,9 +31,10 @@ OLLAMA_TAG = {"fp16": "F16", "fp8": "Q8_0", "int8": "Q8_0", "awq": "Q4_K_M", "gp
 
 
 def vllm_args(fleet: Fleet, *, port: int = ENGINE_PORT) -> list[str]:
-    """`vllm serve` flags, as vLLM's engine-arguments page names them."""
+    """`vllm serve` arguments, as vLLM's engine-arguments page names them: the model first, as
+    `vllm serve` takes it (its `--model` is deprecated, vllm/utils/argparse_utils.py)."""
     s = fleet.settings
-    args = ["--model", fleet.checkpoint.repo, "--served-model-name", fleet.model]
+    args = [fleet.checkpoint.repo, "--served-model-name", fleet.model]
     args += ["--host", "0.0.0.0", "--port", str(port)]
     args += ["--tensor-parallel-size", str(s["tensor_parallel_size"])]
     if s["pipeline_parallel_size"] > 1:
@@ -37,7 +50,25 @@ def vllm_args(fleet: Fleet, *, port: int = ENGINE_PORT) -> list[str]:
     # kernels; forcing `--quantization awq` would select the slower ones. fp8 is quantized online.
     if fleet.quant == "fp8":
         args += ["--quantization", "fp8"]
+    if is_r1(fleet.model):  # the parser alone: `--enable-reasoning` is gone (deprecated in 0.9)
+        args += ["--reasoning-parser", "deepseek_r1"]
     return args
+
+
+def is_r1(model: str) -> bool:
+    """DeepSeek-R1 or one of its distills, which think in <think>...</think> before answering."""
+    m = model.lower()
+    return m == "deepseek-r1" or m.startswith(("deepseek-r1-", "deepseek-r1:"))
+
+
+def slot_context(settings: Mapping[str, Any]) -> int:
+    """Tokens each llama-server slot holds: the plan's prompt + output and the chat template's."""
+    # -c is shared evenly by the -np slots (an explicit -np leaves the unified KV cache off:
+    # src/llama-context.cpp n_ctx_seq = n_ctx / n_seq_max), and the plan's ctx_size is exactly
+    # (prompt + output) x parallel, which leaves no room for the template. Aligned to llama.cpp's
+    # padding, the slot gets exactly this; at most 256 tokens a slot more than llama.cpp allocated.
+    need = settings["ctx_size"] // max(1, settings["parallel"]) + TEMPLATE_TOKENS
+    return -(-need // SLOT_ALIGN) * SLOT_ALIGN
 
 
 def llama_server_args(
@@ -50,7 +81,7 @@ def llama_server_args(
     args += ["--alias", fleet.model, "--host", "0.0.0.0", "--port", str(port)]
     # null gpu_layers: the whole model fits, and 999 offloads every layer whatever the count
     args += ["-ngl", str(s["gpu_layers"] if s["gpu_layers"] is not None else 999)]
-    args += ["-c", str(s["ctx_size"]), "-np", str(s["parallel"])]
+    args += ["-c", str(slot_context(s) * s["parallel"]), "-np", str(s["parallel"])]
     if s.get("n_cpu_moe"):
         args += ["--n-cpu-moe", str(s["n_cpu_moe"])]
     if s.get("flash_attn"):
@@ -130,7 +161,7 @@ def render_modelfile(plan: Mapping[str, Any]) -> str:
         lines = []
         layers = s["gpu_layers"] if s["gpu_layers"] is not None else 999
         # num_ctx is per request in Ollama; llama-server's -c is shared by its -np slots
-        params = {"num_ctx": s["ctx_size"] // max(1, s["parallel"]), "num_gpu": layers}
+        params = {"num_ctx": slot_context(s), "num_gpu": layers}
         if s.get("n_cpu_moe"):
             lines.append(
                 f"# The plan keeps {s['n_cpu_moe']} layers' experts in host RAM (--n-cpu-moe); "

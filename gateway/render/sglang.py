@@ -73,10 +73,12 @@ def sglang_args(fleet: Fleet, layout: Mapping[str, Any], *, role: str) -> list[s
     return [*args, "--enable-metrics"]
 
 
-def render_sglang(plan: Mapping[str, Any], *, source: str = ".") -> dict[str, str]:
+def render_sglang(
+    plan: Mapping[str, Any], *, image: compose.GatewayImage = compose.BUILT
+) -> dict[str, str]:
     """`sglang/`: a launch script per role, a LeaderWorkerSet manifest, the Cardinal gateway's
     config over the groups' leaders (PD: paired as SGLang's router pairs them), a Compose file
-    when every group is one node (`source`: the build context, relative to the output), or
+    when every group is one node (`image`: the gateway's, as seen from the output), or
     nothing when the plan has no at-scale layout."""
     layout = at_scale_layout(plan)
     if layout is None:
@@ -90,8 +92,7 @@ def render_sglang(plan: Mapping[str, Any], *, source: str = ".") -> dict[str, st
         files["sglang/router.sh"] = _router(_leaders(plan, layout, compose=False))
     per_node = load_knobs().gpus_per_node
     if max(layout["prefill_gpus_per_group"], layout["decode_gpus_per_group"]) <= per_node:
-        inner = source if source.startswith("/") else f"../{source}"
-        files["sglang/docker-compose.yml"] = _compose(plan, layout, source=inner)
+        files["sglang/docker-compose.yml"] = _compose(plan, layout, image=image.below())
     return files
 
 
@@ -145,7 +146,9 @@ def _gateway_yaml(plan: Mapping[str, Any], layout: Mapping[str, Any]) -> str:
     return header + yaml.safe_dump(_gateway_data(plan, layout, compose=False), sort_keys=False)
 
 
-def _compose(plan: Mapping[str, Any], layout: Mapping[str, Any], *, source: str) -> str:
+def _compose(
+    plan: Mapping[str, Any], layout: Mapping[str, Any], *, image: compose.GatewayImage
+) -> str:
     """One service per group (each one node of 8 GPUs, numbered across the file as if one host
     held them all: split it per host), the gateway in front, Redis for its limits."""
     fleet = fleet_from_plan(plan)
@@ -164,7 +167,7 @@ def _compose(plan: Mapping[str, Any], layout: Mapping[str, Any], *, source: str)
                 f"http://127.0.0.1:{ENGINE_PORT}/health", start_s=compose.LOADING_S
             ),
         }
-    gateway = compose.gateway_service(source, "gateway", list(services), replicas=1)
+    gateway = compose.gateway_service(image, "gateway", list(services), replicas=1)
     services["gateway"] = {**gateway, "ports": [f"{GATEWAY_PORT}:{GATEWAY_PORT}"]}
     services["redis"] = compose.redis_service()
     data = _gateway_data(plan, layout, compose=True)

@@ -7,7 +7,7 @@ exec llama-server \
     --host 0.0.0.0 \
     --port "${PORT:-8000}" \
     -ngl 62 \
-    -c 1536 \
+    -c 2048 \
     -np 2 \
     --n-cpu-moe 61 \
     --metrics

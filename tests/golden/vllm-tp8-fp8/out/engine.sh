@@ -2,7 +2,7 @@
 # DeepSeek-R1 fp8 on 8 x h200: one replica of 2 (vllm).
 # Written by `cardinal render`; start it once per replica, each on its own PORT.
 exec vllm serve \
-    --model deepseek-ai/DeepSeek-R1 \
+    deepseek-ai/DeepSeek-R1 \
     --served-model-name deepseek-r1 \
     --host 0.0.0.0 \
     --port "${PORT:-8000}" \
@@ -11,4 +11,5 @@ exec vllm serve \
     --max-model-len 163840 \
     --gpu-memory-utilization 0.9 \
     --kv-cache-dtype fp8 \
-    --quantization fp8
+    --quantization fp8 \
+    --reasoning-parser deepseek_r1
