@@ -15,11 +15,11 @@ import pytest
 
 from gateway import planfile
 from gateway.cli import main
+from gateway.planner.capacity import TEMPLATE_TOKENS
 from gateway.prove.fleet import free_ports
 from gateway.render.bundle import render_all
 from gateway.render.engine import (
     LLAMA_IMAGE,
-    TEMPLATE_TOKENS,
     VLLM_IMAGE,
     engine_args,
     engine_image,
@@ -157,5 +157,5 @@ def test_the_real_llama_server_gives_each_slot_what_the_line_says(
         urllib.request.urlopen(server.url + "/slots", timeout=5) as r,
     ):
         slots = json.load(r)
-    assert [s["n_ctx"] for s in slots] == [slot_context(fleet.settings)] * len(slots)
+    assert [s["n_ctx"] for s in slots] == [slot_context(fleet)] * len(slots)
     assert len(slots) == fleet.settings["parallel"]

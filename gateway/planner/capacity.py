@@ -28,6 +28,20 @@ class Workload:
         return self.prompt_tokens + self.output_tokens / 2
 
 
+# Chat-template tokens a llama-server slot holds beyond the prompt: Llama 3.1's template adds ~25
+# (its default system block) + ~5 a message + 4 (the assistant header), Qwen 2.5's ~20 + ~5 a
+# message + 3, DeepSeek-R1's ~5 (their tokenizer_config.json templates): 128 covers a dozen turns.
+TEMPLATE_TOKENS = 128
+SLOT_ALIGN = 256  # llama.cpp pads each slot's context up to a multiple of 256 (llama-context.cpp)
+
+
+def slot_tokens(context: int) -> int:
+    """A llama.cpp slot's context for requests of `context` tokens: room for the chat template,
+    padded as llama.cpp pads it. (-c is shared evenly by the -np slots; an explicit -np leaves the
+    unified KV cache off: n_ctx_seq = n_ctx / n_seq_max.)"""
+    return -(-(context + TEMPLATE_TOKENS) // SLOT_ALIGN) * SLOT_ALIGN
+
+
 @dataclass(frozen=True, kw_only=True)
 class ReplicaCapacity:
     max_batch: int
@@ -40,12 +54,14 @@ class ReplicaCapacity:
 
 
 def replica_capacity(
-    speed: SpeedModel, wl: Workload, *, kv_tokens: int, cap: int
+    speed: SpeedModel, wl: Workload, *, kv_tokens: int, cap: int, seq_tokens: int | None = None
 ) -> ReplicaCapacity:
-    """Highest request rate one replica sustains with TPOT within its SLO."""
+    """Highest request rate one replica sustains with TPOT within its SLO; `seq_tokens`: the KV
+    one request holds (a llama.cpp slot's; default the request's own tokens)."""
     ctx = wl.mean_decode_context
+    seq = seq_tokens or wl.context
     limits = {
-        "kv_memory": kv_tokens // wl.context,
+        "kv_memory": kv_tokens // seq,
         "engine_cap": cap,
         "tpot_slo": _slo_batch(speed, wl, cap),
     }
@@ -54,9 +70,7 @@ def replica_capacity(
     prefill = speed.prefill_s(wl.prompt_tokens)
     problem = ""
     if limits["kv_memory"] < 1:
-        problem = (
-            f"the KV cache holds {kv_tokens} tokens, less than one {wl.context}-token sequence"
-        )
+        problem = f"the KV cache holds {kv_tokens} tokens, less than one {seq}-token sequence"
     elif limits["tpot_slo"] < 1:
         t1 = _loaded_tpot(speed, wl, 1)
         problem = (

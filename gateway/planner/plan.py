@@ -130,7 +130,7 @@ def fit_input(req: PlanRequest, w: Weights) -> FitInput:
         weights=w,
         gpu=req.gpu,
         engine=req.engine,
-        context=req.workload.context,
+        context=req.seq_tokens,
         kv_dtype_bytes=KV_DTYPES[req.kv_dtype],
         mla_layout=req.mla_cache,
         gpus_per_replica=req.gpus_per_replica,
@@ -179,7 +179,9 @@ def plan_for_fit(req: PlanRequest, w: Weights, fit: Fit) -> Plan:
 def _plan_for_fit(req: PlanRequest, w: Weights, fit: Fit) -> Plan:
     wl = req.workload
     speed = speed_model(req, w, fit)
-    rep = replica_capacity(speed, wl, kv_tokens=fit.kv_tokens, cap=engine_cap(req))
+    rep = replica_capacity(
+        speed, wl, kv_tokens=fit.kv_tokens, cap=engine_cap(req), seq_tokens=req.seq_tokens
+    )
     warnings = _warnings(req, fit, rep)
     if req.per_card_qps:
         rep = replace(

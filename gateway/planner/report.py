@@ -56,7 +56,7 @@ def engine_settings(plan: Plan) -> dict[str, Any]:
     """What each replica's engine must be started with for the plan to hold."""
     fit, req = plan.fit, plan.request
     batch = plan.replica.max_batch if plan.replica else 1
-    ctx = req.workload.context
+    ctx = req.seq_tokens  # a llama.cpp slot: the request and its chat template
     if req.engine.multi_gpu == "tensor_parallel":
         return {
             "tensor_parallel_size": fit.tp,
@@ -112,7 +112,7 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
     hourly = None if monthly is None else monthly / HOURS_PER_MONTH
     groups = plan.weights.bytes_by_group()
     tp_engine = req.engine.multi_gpu == "tensor_parallel"
-    kv_alloc = fit.kv_tokens if tp_engine or not rep else rep.max_batch * wl.context
+    kv_alloc = fit.kv_tokens if tp_engine or not rep else rep.max_batch * req.seq_tokens
     kv_tok = kv_bytes_per_token(
         req.model, req.engine, dtype_bytes=KV_DTYPES[req.kv_dtype], mla_layout=req.mla_cache
     )

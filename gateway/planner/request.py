@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.planner.capacity import Workload
+from gateway.planner.capacity import Workload, slot_tokens
 from gateway.planner.catalog import Catalog, Engine, Gpu, Model, Quant
 from gateway.planner.errors import PlanError
 from gateway.planner.fit import tp_degrees, tp_problem
@@ -76,6 +76,13 @@ class PlanRequest:
     def batched_tokens(self) -> int:
         """Tokens one vLLM step may schedule: the request's, else the engine's."""
         return self.max_num_batched_tokens or self.engine.max_num_batched_tokens
+
+    @property
+    def seq_tokens(self) -> int:
+        """KV tokens one request holds: its own on a paged cache (vLLM), a whole slot on llama.cpp
+        (prompt + output + the chat template, padded)."""
+        context = self.workload.context
+        return context if self.engine.multi_gpu == "tensor_parallel" else slot_tokens(context)
 
     @property
     def memory_utilization(self) -> float:

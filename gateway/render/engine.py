@@ -6,6 +6,7 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
+from gateway.planner.capacity import SLOT_ALIGN, slot_tokens
 from gateway.render.checkpoint import gguf_repo
 from gateway.render.errors import RenderError
 from gateway.render.fleet import ENGINE_PORT, Fleet, fleet_from_plan
@@ -19,11 +20,6 @@ VLLM_IMAGE = "vllm/vllm-openai:v0.31.0"
 # `server-cuda`, which floats, and `server-cuda-b<build number>`. b11176 is `server-cuda` of
 # 2026-09-26 (CUDA 12.8.1, digest sha256:1f4b9cf5...); its ENTRYPOINT is /app/llama-server.
 LLAMA_IMAGE = "ghcr.io/ggml-org/llama.cpp:server-cuda-b11176"
-# Chat-template tokens a llama-server slot holds beyond the prompt: Llama 3.1's template adds ~25
-# (its default system block) + ~5 a message + 4 (the assistant header), Qwen 2.5's ~20 + ~5 a
-# message + 3, DeepSeek-R1's ~5 (their tokenizer_config.json templates): 128 covers a dozen turns.
-TEMPLATE_TOKENS = 128
-SLOT_ALIGN = 256  # llama.cpp pads each slot's context up to a multiple of 256
 VLLM_KV = {"auto": None, "f16": None, "fp16": None, "bf16": None, "fp8": "fp8"}
 LLAMA_KV = {"auto": None, "f16": None, "fp16": None, "bf16": "bf16", "q8_0": "q8_0", "q4_0": "q4_0"}
 # Ollama pulls GGUF only: the nearest GGUF quantization to a vLLM one, for a single-card trial
@@ -61,14 +57,13 @@ def is_r1(model: str) -> bool:
     return m == "deepseek-r1" or m.startswith(("deepseek-r1-", "deepseek-r1:"))
 
 
-def slot_context(settings: Mapping[str, Any]) -> int:
-    """Tokens each llama-server slot holds: the plan's prompt + output and the chat template's."""
-    # -c is shared evenly by the -np slots (an explicit -np leaves the unified KV cache off:
-    # src/llama-context.cpp n_ctx_seq = n_ctx / n_seq_max), and the plan's ctx_size is exactly
-    # (prompt + output) x parallel, which leaves no room for the template. Aligned to llama.cpp's
-    # padding, the slot gets exactly this; at most 256 tokens a slot more than llama.cpp allocated.
-    need = settings["ctx_size"] // max(1, settings["parallel"]) + TEMPLATE_TOKENS
-    return -(-need // SLOT_ALIGN) * SLOT_ALIGN
+def slot_context(fleet: Fleet) -> int:
+    """Tokens each llama-server slot holds: the plan's ctx_size / parallel, which the planner
+    sizes for the request and its chat template (capacity.slot_tokens), and never less than that
+    rule gives (a plan written before it sized slots at exactly prompt + output)."""
+    s = fleet.settings
+    given = s["ctx_size"] // max(1, s["parallel"])
+    return max(slot_tokens(fleet.context_tokens), -(-given // SLOT_ALIGN) * SLOT_ALIGN)
 
 
 def llama_server_args(
@@ -81,7 +76,7 @@ def llama_server_args(
     args += ["--alias", fleet.model, "--host", "0.0.0.0", "--port", str(port)]
     # null gpu_layers: the whole model fits, and 999 offloads every layer whatever the count
     args += ["-ngl", str(s["gpu_layers"] if s["gpu_layers"] is not None else 999)]
-    args += ["-c", str(slot_context(s) * s["parallel"]), "-np", str(s["parallel"])]
+    args += ["-c", str(slot_context(fleet) * s["parallel"]), "-np", str(s["parallel"])]
     if s.get("n_cpu_moe"):
         args += ["--n-cpu-moe", str(s["n_cpu_moe"])]
     if s.get("flash_attn"):
@@ -161,7 +156,7 @@ def render_modelfile(plan: Mapping[str, Any]) -> str:
         lines = []
         layers = s["gpu_layers"] if s["gpu_layers"] is not None else 999
         # num_ctx is per request in Ollama; llama-server's -c is shared by its -np slots
-        params = {"num_ctx": slot_context(s), "num_gpu": layers}
+        params = {"num_ctx": slot_context(fleet), "num_gpu": layers}
         if s.get("n_cpu_moe"):
             lines.append(
                 f"# The plan keeps {s['n_cpu_moe']} layers' experts in host RAM (--n-cpu-moe); "

@@ -34,6 +34,7 @@ class Fleet:
     headroom: float
     ttft_slo_s: float
     tpot_slo_s: float
+    context_tokens: int  # prompt + output of one request
     cpu_ram_gib: float
     settings: Mapping[str, Any]
     checkpoint: Checkpoint
@@ -86,6 +87,7 @@ def fleet_from_plan(plan: PlanFile | Mapping[str, Any]) -> Fleet:
         headroom=float(wl.headroom),
         ttft_slo_s=float(wl.ttft_slo_s),
         tpot_slo_s=float(wl.tpot_slo_s),
+        context_tokens=wl.prompt_tokens + wl.output_tokens,
         cpu_ram_gib=float(p.memory.get("cpu_ram_gib") or 0.0),
         settings=p.engine_settings,
         checkpoint=checkpoint(model_id, quant),
