@@ -242,17 +242,30 @@ def _redis_deployment(namespace: str) -> dict[str, Any]:
         "readinessProbe": {"exec": {"command": ["redis-cli", "ping"]}, "periodSeconds": 5},
         "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
     }
+    return _deployment("redis", namespace, labels, replicas=1, pod={"containers": [container]})
+
+
+def _deployment(
+    name: str,
+    namespace: str,
+    labels: dict[str, str],
+    *,
+    replicas: int,
+    pod: dict[str, Any],
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A Deployment of `replicas` pods labelled `labels` (and part of Cardinal)."""
+    meta: dict[str, Any] = {"labels": {**PART_OF, **labels}}
+    if annotations:
+        meta["annotations"] = annotations
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta("redis", namespace, **labels),
+        "metadata": _meta(name, namespace, **labels),
         "spec": {
-            "replicas": 1,
+            "replicas": replicas,
             "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": {**PART_OF, **labels}},
-                "spec": {"containers": [container]},
-            },
+            "template": {"metadata": meta, "spec": pod},
         },
     }
 
@@ -312,25 +325,17 @@ def _gateway_deployment(namespace: str, image: str) -> dict[str, Any]:
         "livenessProbe": _probe("/healthz", GATEWAY_PORT, period=10, failures=3),
         "volumeMounts": [{"name": "config", "mountPath": "/etc/cardinal", "readOnly": True}],
     }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _meta("gateway", namespace, **labels),
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {
-                    "labels": {**PART_OF, **labels},
-                    "annotations": _scrape(GATEWAY_PORT),
-                },
-                "spec": {
-                    "containers": [container],
-                    "volumes": [{"name": "config", "configMap": {"name": "gateway"}}],
-                },
-            },
+    return _deployment(
+        "gateway",
+        namespace,
+        labels,
+        replicas=2,
+        pod={
+            "containers": [container],
+            "volumes": [{"name": "config", "configMap": {"name": "gateway"}}],
         },
-    }
+        annotations=_scrape(GATEWAY_PORT),
+    )
 
 
 def _autoscaler(namespace: str) -> dict[str, Any]:
