@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,23 @@ CARDINAL = Path(sys.executable).with_name("cardinal")
 # Locust's bounds on what it judges (10 s and 100 requests by default), lowered for the tests'
 # runs of seconds: each is about something else (test_loadtest checks the defaults)
 SHORT_RUN = {"LOCUST_MIN_WINDOW": "2s", "LOCUST_MIN_REQUESTS": "10"}
+SIM_LAGGED = "the latencies measure the simulator, not the plan"
+
+
+def judged(
+    prove: Callable[[], subprocess.CompletedProcess[str]],
+) -> subprocess.CompletedProcess[str]:
+    """A `cardinal prove` run that reached a verdict to test: run again, once, when a trial was
+    voided because a simulated card's loop ran late on this shared machine (prove said so; the
+    test cannot judge the plan from it). A second void is returned as it is, and fails."""
+    run = prove()
+    if run.returncode == 2 and SIM_LAGGED in run.stdout:
+        print(run.stdout)
+        print("-- a simulated card ran late (the machine was busy): running the proof again --")
+        run = prove()
+    return run
+
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 needs_redis = pytest.mark.skipif(
     not Path(REDIS_SERVER).exists(), reason="redis-server not installed (make system)"

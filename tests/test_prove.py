@@ -16,7 +16,7 @@ import pytest
 
 from gateway.prove.proof import SweepVoid, highest_passing, search_rate
 from gateway.prove.trial import Trial
-from tests.process_harness import SHORT_RUN
+from tests.process_harness import SHORT_RUN, judged
 
 CARDINAL = Path(sys.executable).with_name("cardinal")
 PLAN = [
@@ -37,13 +37,15 @@ def _plan(tmp_path: Path, qps: float) -> Path:
 
 
 def _prove(plan: Path, *args: str, timeout: int) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(CARDINAL), "prove", str(plan), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=plan.parent,
-        env={**os.environ, **SHORT_RUN},
+    return judged(
+        lambda: subprocess.run(
+            [str(CARDINAL), "prove", str(plan), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=plan.parent,
+            env={**os.environ, **SHORT_RUN},
+        )
     )
 
 
