@@ -142,6 +142,28 @@ def test_cards_that_disagree_with_the_backends_are_refused(tmp_path: Path) -> No
     assert not (tmp_path / "report").exists()  # refused before anything ran
 
 
+@pytest.mark.parametrize(
+    ("urls", "says"),
+    [
+        (
+            ["http://127.0.0.1:9,http://127.0.0.1:10"],
+            "holds a comma: give each URL as its own word",
+        ),
+        (["127.0.0.1:9"], "is not a URL like http://127.0.0.1:8000"),
+        (["http://127.0.0.1:port"], "has a port that is not a number"),
+    ],
+)
+def test_a_backend_that_is_not_one_url_is_refused(tmp_path: Path, urls: list, says: str) -> None:
+    """Comma-separated backends were taken as one URL: "no slot count published", then 60 s of
+    waiting for a gateway that could not start."""
+    plan = _plan(tmp_path, 2)
+    run = _prove(plan, "--backends", *urls, timeout=60)
+    assert run.returncode == 2
+    assert run.stderr.startswith("cardinal prove: error: argument --backends: "), run.stderr
+    assert says in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "report").exists()
+
+
 def _trial(qps: float, code: int) -> Trial:
     return Trial(name=f"t-{qps:.2f}", target_qps=qps, cards=1, code=code, verdict={},
                  settings={}, records_csv=Path("r.csv"), table="")  # fmt: skip

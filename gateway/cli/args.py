@@ -6,6 +6,7 @@ import argparse
 import re
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 from gateway.errors import UsageError
 from gateway.planner.errors import PlanError
@@ -24,6 +25,22 @@ def duration(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
     return value
+
+
+def http_url(text: str) -> str:
+    """An engine's or a gateway's base URL: http(s)://host[:port][/path], one per word."""
+    if "," in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} holds a comma: give each URL as its own word (--backends URL URL)"
+        )
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a URL like http://127.0.0.1:8000")
+    try:
+        parts.port  # noqa: B018 - a port that is not a number raises here
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} has a port that is not a number") from None
+    return text.rstrip("/")
 
 
 def positive(kind: type) -> Any:

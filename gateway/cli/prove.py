@@ -10,6 +10,7 @@ from typing import Any
 
 from gateway.cli.args import (
     duration,
+    http_url,
     positive,
     read_text,
 )
@@ -29,8 +30,10 @@ def add_prove_parser(sub: Any) -> None:
     prove.add_argument("--duration", type=duration, default=60.0, help="of each Locust run")
     prove.add_argument("--target-qps", type=positive(float), help="instead of the plan's")
     prove.add_argument("--cards", type=positive(int), help="instead of the plan's replicas")
-    prove.add_argument("--backends", nargs="+", metavar="URL", help="real engines instead of sims")
-    prove.add_argument("--gateway", metavar="URL", help="an already running gateway")
+    prove.add_argument(
+        "--backends", nargs="+", type=http_url, metavar="URL", help="real engines instead of sims"
+    )
+    prove.add_argument("--gateway", type=http_url, metavar="URL", help="an already running gateway")
     prove.add_argument("--sweep", action="store_true", help="search the highest passing rate")
     prove.add_argument(
         "--check-minimal", action="store_true", help="also show that one card fewer fails"
