@@ -53,7 +53,8 @@ def test_the_report_of_a_failing_run_names_its_cause(tmp_path: Path) -> None:
     assert "minus-one at 35.00 QPS on 2 card(s): FAIL" in out
     assert "neither short nor padded" in out
     assert f"\ncause of FAIL: {cause}\n" in out
-    assert out.index("binding constraint: queue-bound") > out.index("minus-one at 35.00 QPS")
+    # the failing run's own binding line (the passing run may be queue-bound too, at 90 % busy)
+    assert "binding constraint: queue-bound" in out[out.index("minus-one at 35.00 QPS") :]
     assert out.count("binding constraint: ") == 2
     assert not [t for t in re.findall(r"(\d+)/15 s ", out) if int(t) > 15]
 
