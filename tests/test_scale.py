@@ -16,7 +16,7 @@ from gateway.planner.catalog import load_catalog
 from gateway.planner.fitting import SCALE_KNOBS, fit_scale
 from gateway.planner.scale import busiest_rank, group, load_knobs
 from gateway.planner.scale_fleet import decode_at_slo, options
-from gateway.planner.scale_rows import predict_row, read_scale_rows
+from gateway.planner.scale_rows import aggregated_steps, predict_row, read_scale_rows
 from gateway.planner.search import SearchSpace, search
 from tests.test_cli import cardinal
 
@@ -131,6 +131,20 @@ def test_a_prompt_holds_the_whole_group_in_aggregated_serving() -> None:
     prompts = 128 / 2000
     assert extra[1] == pytest.approx(prompts * sum(one.prompt_in_step_s(1000)))
     assert prompts * (own + experts) < extra[8] < 8 * prompts * own + prompts * experts
+
+
+def test_an_aggregated_rows_steps_are_its_tpot_and_the_models_two_bounds() -> None:
+    """The measured TPOT is the row's own figure turned back into a step; the mixed step is the
+    model's prediction of it (the row's predicted rate), never below the step with no prompts."""
+    catalog = load_catalog()
+    rows = [r for r in read_scale_rows() if r.role == "aggregated"]
+    assert rows
+    for r in rows:
+        measured, decode, mixed = aggregated_steps(catalog, r)
+        n = min(r.ep, 8)
+        assert measured == pytest.approx(r.batch * n / r.measured)
+        assert mixed == pytest.approx(r.batch * n / predict_row(catalog, r))
+        assert decode < mixed
 
 
 def test_decode_batch_meets_the_tpot_slo() -> None:

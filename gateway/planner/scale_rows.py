@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from gateway.planner.catalog import Catalog, data_csv
-from gateway.planner.scale import ScaleKnobs, group, load_knobs
+from gateway.planner.scale import Group, ScaleKnobs, group, load_knobs
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,15 +56,34 @@ def read_scale_rows() -> list[ScaleRow]:
     ]
 
 
-def predict_row(catalog: Catalog, row: ScaleRow, *, knobs: ScaleKnobs | None = None) -> float:
-    """The row's tokens/s per node as the model runs it: the same layout, lengths and batch."""
+def _group(catalog: Catalog, row: ScaleRow, knobs: ScaleKnobs | None) -> Group:
     k = knobs or load_knobs()
     if row.balanced:
         k = replace(k, eplb_imbalance=1.0)
-    g = replace(
+    return replace(
         group(catalog, model=catalog.model(row.model), quant=row.quant, gpu=row.gpu, gpus=row.ep),
         knobs=k,
     )
+
+
+def aggregated_steps(catalog: Catalog, row: ScaleRow) -> tuple[float, float, float]:
+    """An aggregated row's (measured TPOT, the model's decode step with no prompts in it, the
+    model's mixed step), in seconds: where the measured TPOT is below the step with no
+    prompts, no prompt-mixing term can explain the gap."""
+    assert row.role == "aggregated" and row.osl is not None
+    g = _group(catalog, row, None)
+    n = min(row.ep, g.knobs.gpus_per_node)
+    ctx = row.isl + row.osl / 2
+    measured = row.batch * g.tokens_per_step(row.accept) * n / row.measured
+    decode = g.step_s(batch=row.batch, ctx=ctx, accept=row.accept)
+    mixed = g.mixed_step_s(batch=row.batch, ctx=ctx, accept=row.accept, isl=row.isl, osl=row.osl)
+    return measured, decode, mixed
+
+
+def predict_row(catalog: Catalog, row: ScaleRow, *, knobs: ScaleKnobs | None = None) -> float:
+    """The row's tokens/s per node as the model runs it: the same layout, lengths and batch."""
+    g = _group(catalog, row, knobs)
+    k = g.knobs
     n = min(row.ep, k.gpus_per_node)
     if row.role == "prefill":
         return g.prefill_tokens_per_s(row.isl, batch_tokens=row.batch) * n

@@ -9,7 +9,7 @@ from collections import Counter
 from gateway.planner.accuracy import Check, summary
 from gateway.planner.catalog import Catalog
 from gateway.planner.profiled import installed as profiled_tables_installed
-from gateway.planner.scale_rows import predict_row, read_scale_rows
+from gateway.planner.scale_rows import ScaleRow, aggregated_steps, predict_row, read_scale_rows
 from gateway.planner.serving import Prediction, predict_all
 from gateway.planner.serving import accuracy as serving_accuracy
 
@@ -162,6 +162,55 @@ def render_scale(catalog: Catalog) -> str:
             f"- **{split}**: {len(e)} rows, median |error| {statistics.median(e):.1%}, "
             f"max {max(e):.1%}"
         )
+    return "\n".join(lines) + "\n\n" + render_aggregated(catalog)
+
+
+def render_aggregated(catalog: Catalog) -> str:
+    """Markdown: the aggregated runs' measured TPOT beside the model's decode step with no
+    prompts and its mixed step, and the runs measured twice with one layout."""
+    rows = [r for r in read_scale_rows() if r.role == "aggregated"]
+    lines = [
+        "### Aggregated runs: what their TPOT says",
+        "",
+        "Each aggregated run's TPOT (batch per rank x ranks / output tokens/s per node) beside "
+        "the model's decode step with no prompts in it and its mixed step (decode plus the "
+        "prompts that replace finished requests, the group waiting on the rank with the most). "
+        "A run faster than the step with no prompts has something the row does not record "
+        "(MTP, a newer kernel, an overlap scheduler): no prompt-mixing term can reach it.",
+        "",
+        "The last column is what the prompts cost in the run (measured TPOT less the step with "
+        "no prompts) over what the model charges for them (mixed less no prompts), where the run "
+        "is slower than the step with no prompts.",
+        "",
+        "| id | ISL/OSL | batch per rank | measured TPOT | model: no prompts | model: mixed "
+        "| prompts: run / model |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    below = 0
+    for r in rows:
+        measured, decode, mixed = aggregated_steps(catalog, r)
+        below += measured < decode
+        share = f"{(measured - decode) / (mixed - decode):.2f}" if measured > decode else "—"
+        lines.append(
+            f"| {r.id} | {r.isl}/{r.osl} | {r.batch} | {measured * 1e3:.1f} ms | "
+            f"{decode * 1e3:.1f} ms | {mixed * 1e3:.1f} ms | {share} |"
+        )
+    faster = f"- {below} of {len(rows)} runs are faster than the model's step with no prompts."
+    lines += ["", faster]
+    same: dict[tuple[object, ...], list[ScaleRow]] = {}
+    for r in read_scale_rows():
+        if r.split == "production":  # a daily average, not a second measurement
+            continue
+        same.setdefault((r.gpu, r.role, r.ep, r.isl, r.osl, r.batch, r.ctx), []).append(r)
+    for twins in same.values():
+        if len(twins) > 1:
+            lo, hi = min(twins, key=lambda r: r.measured), max(twins, key=lambda r: r.measured)
+            if hi.measured / lo.measured > 1.2:
+                lines.append(
+                    f"- One layout measured twice: {hi.id} {hi.measured:,.0f} and {lo.id} "
+                    f"{lo.measured:,.0f} tok/s per node ({hi.measured / lo.measured:.2f}x; "
+                    f"{hi.setting.split(',')[0]} against {lo.setting.split(',')[0]})."
+                )
     return "\n".join(lines) + "\n"
 
 
