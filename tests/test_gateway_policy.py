@@ -100,6 +100,20 @@ def test_engine_aware_counts_what_it_sent_to_a_queue_since_the_scrape() -> None:
     assert {p.choose(bs, REQ).name for _ in range(20)} == {"b1"}
 
 
+def test_engine_aware_counts_in_flight_against_the_slots_a_queue_showed() -> None:
+    """b1 showed a queue beside 4 running: its batch holds 4. At 3 in flight, one more fills it,
+    so b0 (32 slots, 8 in flight, a fuller cache) is the lighter; before b1's slots are known,
+    b1's emptier cache would have won."""
+    bs = backends(1, 1, max_inflight=32)
+    bs[0].load = EngineLoad(running=8, waiting=0, kv_usage=0.30)
+    bs[1].load = EngineLoad(running=3, waiting=0, kv_usage=0.05)
+    bs[0].inflight, bs[1].inflight = 8, 3
+    p = EngineAware(random.Random(6))
+    assert {p.choose(bs, REQ).name for _ in range(20)} == {"b1"}
+    bs[1].load = EngineLoad(running=3, waiting=0, kv_usage=0.05, slots=4)
+    assert {p.choose(bs, REQ).name for _ in range(20)} == {"b0"}
+
+
 def test_affinity_is_sticky_spreads_keys_and_bounds_load() -> None:
     bs = backends(1, 1, 1, 1, max_inflight=100)
     p = Affinity(bs, load_factor=1.25, rng=random.Random(4))
@@ -261,6 +275,16 @@ def test_token_rate_comes_from_the_counter() -> None:
     assert first.tokens_per_s is None and first.at_s == 10
     second = engine_load({"generated": 400}, previous=first, generated_before=100, now=12)
     assert second.tokens_per_s == 150
+
+
+def test_a_queue_shows_the_engines_batch_cap_and_later_scrapes_keep_it() -> None:
+    first = engine_load({"running": 3, "waiting": 0}, previous=EngineLoad(), generated_before=None,
+                        now=1)  # fmt: skip
+    assert first.slots is None  # no queue: the batch may hold more
+    queued = engine_load({"running": 4, "waiting": 2}, previous=first, generated_before=None, now=2)
+    assert queued.slots == 4
+    later = engine_load({"running": 2, "waiting": 0}, previous=queued, generated_before=None, now=3)
+    assert later.slots == 4
 
 
 # -- the SSE meter ---------------------------------------------------------------------------

@@ -17,6 +17,9 @@ class EngineLoad:
     waiting: float | None = None
     kv_usage: float | None = None  # 0..1
     tokens_per_s: float | None = None  # from the generation-token counter's rate
+    # the engine's batch cap: the requests running at the last scrape that also found some
+    # waiting (a queue means the batch is full); None until a scrape has shown one
+    slots: float | None = None
     at_s: float = 0.0
 
 
@@ -121,5 +124,6 @@ class Backend:
                 "waiting": load.waiting,
                 "kv_usage": load.kv_usage,
                 "tokens_per_s": load.tokens_per_s,
+                "slots_seen": load.slots,
             },
         }

@@ -79,7 +79,11 @@ class LeastOutstanding:
 
 class EngineAware:
     """The backend whose engine is least loaded: queued requests first, then KV-cache use, then
-    the gateway's own in-flight count (fresh between scrapes) as a fraction of the slots.
+    the gateway's own in-flight count (fresh between scrapes) as a fraction of the slots: the
+    engine's batch cap once a scrape has shown it (the requests running beside a queue), else
+    the backend's `max_inflight`. A card of 4 slots in a fleet configured for 32 would
+    otherwise look nearly empty at 4 in flight, and a few points of KV usage less than its
+    neighbours would send it a queue.
 
     A waiting request costs a whole slot's worth, since it means the engine's batch is full and
     a new request would queue behind it; KV usage near 1 predicts the same soon. Where the last
@@ -104,7 +108,8 @@ def _engine_score(b: Backend) -> float:
     if waiting > 0:  # a queue at the scrape: what was sent since joined it (a scrape is stale)
         waiting += max(0, b.inflight - b.inflight_at_scrape)
     kv = load.kv_usage or 0.0
-    return (waiting + kv + (b.inflight + 1) / b.max_inflight) / b.weight
+    slots = min(b.max_inflight, load.slots) if load.slots else b.max_inflight
+    return (waiting + kv + (b.inflight + 1) / slots) / b.weight
 
 
 class Affinity:

@@ -60,16 +60,19 @@ def read_series(text: str) -> dict[str, float]:
 
 def engine_load(series: dict[str, float], *, previous: EngineLoad, generated_before: float | None,
                 now: float) -> EngineLoad:  # fmt: skip
-    """An EngineLoad from one scrape; the token rate from the counter's change since the last."""
+    """An EngineLoad from one scrape; the token rate from the counter's change since the last,
+    and the batch cap from the last scrape that found a queue (what ran beside it)."""
     rate = None
     generated = series.get("generated")
     if generated is not None and generated_before is not None and now > previous.at_s:
         rate = max(0.0, generated - generated_before) / (now - previous.at_s)
+    running, waiting = series.get("running"), series.get("waiting")
     return EngineLoad(
-        running=series.get("running"),
-        waiting=series.get("waiting"),
+        running=running,
+        waiting=waiting,
         kv_usage=series.get("kv"),
         tokens_per_s=rate,
+        slots=running if waiting and running else previous.slots,
         at_s=now,
     )
 
