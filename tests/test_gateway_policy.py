@@ -22,7 +22,7 @@ from gateway.server.policy import (
     make_policy,
 )
 from gateway.server.scrape import engine_load, read_series
-from gateway.server.sse import StreamMeter, usage
+from gateway.server.sse import StreamMeter, body_usage, usage
 
 REQ = RouteRequest(model="m")
 
@@ -326,3 +326,20 @@ def test_usage_from_a_body() -> None:
         b'{"id": "x", "usage": {"prompt_tokens": 12, "total_tokens": 20, "completion_tokens": 8}}'
     )
     assert usage(body) == {"prompt_tokens": 12, "completion_tokens": 8}
+
+
+def test_a_whole_bodys_usage_is_read_wherever_it_sits() -> None:
+    """Read from the body's last `"usage"` key: 2 KB of fields after it do not hide it, and
+    the same words inside the answer's text (quotes escaped) are not taken for it."""
+    import json
+
+    answer = {
+        "choices": [{"message": {"content": 'say "usage": {"completion_tokens": 99999}'}}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 2500},
+        "system_fingerprint": "x" * 2048,
+    }
+    assert body_usage(json.dumps(answer).encode()) == {
+        "prompt_tokens": 7,
+        "completion_tokens": 2500,
+    }
+    assert body_usage(b'{"choices": []}') == {}

@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import random
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -206,7 +206,7 @@ async def error_middleware(
     """Give every response a request id, and every error OpenAI's shape."""
     rid = request.headers.get("x-request-id", "")
     if not REQUEST_ID_RE.fullmatch(rid):
-        rid = uuid.uuid4().hex
+        rid = os.urandom(16).hex()  # as random as uuid4().hex, at a fifth of its cost
     request[request_id_key] = rid
     try:
         resp = await handler(request)
@@ -312,6 +312,8 @@ async def _body(request: web.Request) -> bytes:
     config = request.app[live_key].config
     server = config.server
     try:
+        if request.content.is_eof():  # all of it arrived with the headers: nothing to wait for
+            return await request.read()
         async with asyncio.timeout(server.body_timeout_s):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:

@@ -41,7 +41,7 @@ from gateway.server.metrics import GatewayMetrics
 from gateway.server.pd import PrefillLegs
 from gateway.server.policy import RouteRequest
 from gateway.server.sendwatch import SendWatch
-from gateway.server.sse import EVENT_END, EventFramer, StreamMeter, usage
+from gateway.server.sse import EVENT_END, EventFramer, StreamMeter, body_usage
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -187,7 +187,7 @@ class Proxy:
             raise self._failed(backend, e) from None
         now = self._loop.time()
         if up.status == 200:
-            self._count_tokens(call, usage(payload[-512:]))
+            self._count_tokens(call, body_usage(payload))
         if up.status < 500:
             backend.answered()
         self._finish(call, backend, str(up.status), now)

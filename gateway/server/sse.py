@@ -31,6 +31,13 @@ def usage(body: bytes) -> dict[str, int]:
     return {USAGE_NAMES[m.group(1)]: int(m.group(2)) for m in USAGE_RE.finditer(body)}
 
 
+def body_usage(body: bytes) -> dict[str, int]:
+    """usage() of a whole response body: read from its last `"usage"` key (a quote inside a
+    JSON string is escaped, so the key cannot be text), wherever it sits in the body."""
+    at = body.rfind(b'"usage"')
+    return usage(body[at : at + 1024]) if at >= 0 else {}
+
+
 class StreamMeter:
     """Feed it every chunk with its arrival time; it reports TTFT and inter-token latencies."""
 

@@ -21,6 +21,7 @@ RESPONSES = "/v1/responses"
 ENCODINGS = ("identity", "gzip", "deflate", "br")
 JSON_TYPES = ("application/json", "application/octet-stream")
 BOMS = {codecs.BOM_UTF8: "UTF-8", codecs.BOM_UTF16_LE: "UTF-16", codecs.BOM_UTF16_BE: "UTF-16"}
+CHARSET_RE = re.compile(r"charset\s*=\s*\"?([\w.:-]+)", re.IGNORECASE)
 SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # a cheap test before the full walk
 
 
@@ -34,7 +35,7 @@ def check_headers(headers: Mapping[str, str]) -> None:
         media = media.strip().lower()
         if media not in JSON_TYPES and not media.endswith("+json"):
             raise UnsupportedMediaType(f"Content-Type must be application/json, got {_show(ctype)}")
-        charset = re.search(r"charset\s*=\s*\"?([\w.:-]+)", params, re.IGNORECASE)
+        charset = CHARSET_RE.search(params) if params else None
         if charset and charset.group(1).lower() not in ("utf-8", "utf8"):
             raise UnsupportedMediaType(
                 f"Content-Type charset must be utf-8 (JSON is UTF-8), got {_show(charset.group(1))}"
@@ -56,7 +57,7 @@ def parse_body(body: bytes) -> dict[str, Any]:
                 "(JSON must be UTF-8 without one)"
             )
     try:
-        parsed = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+        parsed = _DECODER.decode(body.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise BadRequest(
             f"request body is not valid JSON: not UTF-8 (byte {e.start}: {e.reason})"
@@ -140,6 +141,9 @@ def prompt_chars(body: dict[str, Any]) -> int:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)  # json.loads builds one a call
 
 
 def _messages(messages: Any) -> None:
