@@ -5,8 +5,10 @@ the same simulated cards; every server in its own process so its CPU time can be
 
 Figures per target: added latency p50/p99 at a fixed 200 req/s (open loop, from the scheduled
 send time), maximum non-streaming requests/s, TTFT with 64 concurrent streams paced by the cards
-at about 5 ms a token, CPU time per request and per streamed token, RSS. Then the ratios against
-the bare pass-through and the issue's targets, met or not.
+at about 5 ms a token, CPU time per request and per streamed token, RSS; then, over mock
+backends that stream 64 tokens back to back, the stream tokens/s each target relays at saturation.
+Then the ratios against the bare pass-through and the issue's targets, met or not. nginx and the
+Rust vllm-router (PyPI `vllm-router`, the `bench` extra) are there for scale, where installed.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ BIN = Path(sys.executable).parent
 MODEL = "deepseek-r1-distill-qwen-14b"  # on an H100: about 5 ms a decode step at batch 32
 CARDS = 2
 TICK = os.sysconf("SC_CLK_TCK")
-TARGETS = ("direct", "bare", "gateway", "gateway-2w", "nginx")
+TARGETS = ("direct", "bare", "gateway", "gateway-2w", "nginx", "vllm-router")
+SATURATING_EVENTS = 64  # a mock backend's stream: this many token events, back to back
 
 
 # -- the bare pass-through: the floor any aiohttp gateway stands on ---------------------------
@@ -202,6 +205,13 @@ async def start_target(name: str, cards: list[str], tmp: Path) -> Server:
     elif name == "bare":
         proc = spawn([sys.executable, "-m", "tests.bench_gateway", "bare", str(port), *cards])
         await wait_ready(url, "/healthz", proc)
+    elif name == "vllm-router":
+        proc = spawn(
+            [str(VLLM_ROUTER), "--host", "127.0.0.1", "--port", str(port), "--policy",
+             "round_robin", "--log-level", "error", "--prometheus-host", "127.0.0.1",
+             "--prometheus-port", str(free_port()), "--worker-urls", *cards]
+        )  # fmt: skip
+        await wait_ready(url, "/health", proc)
     else:
         proc = spawn(nginx_command(port, cards, tmp))
         await wait_ready(url, "/healthz", proc)
@@ -241,6 +251,57 @@ http {{
 
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+# the Rust router of the vLLM project (PyPI `vllm-router`, the `bench` extra), where installed
+VLLM_ROUTER = BIN / "vllm-router"
+
+
+# -- a mock backend, faster than any proxy in front of it --------------------------------------
+
+
+def mock_app() -> web.Application:
+    """An OpenAI-shaped backend with no model: a whole answer at once, or a stream of
+    SATURATING_EVENTS token events written back to back, so the proxy is what limits."""
+    events = [
+        b"data: " + json.dumps({"id": "c", "object": "text_completion", "model": MODEL,
+                                "choices": [{"index": 0, "text": f" t{i}"}]}).encode() + b"\n\n"
+        for i in range(SATURATING_EVENTS)
+    ]  # fmt: skip
+    whole = json.dumps({
+        "id": "c", "object": "text_completion", "model": MODEL,
+        "choices": [{"index": 0, "text": " t", "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }).encode()  # fmt: skip
+
+    async def complete(request: web.Request) -> web.StreamResponse:
+        if not json.loads(await request.read()).get("stream"):
+            return web.Response(body=whole, content_type="application/json")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for event in events:
+            await resp.write(event)
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", complete)
+    app.router.add_get("/health", lambda r: _ok())
+    app.router.add_get("/v1/models", lambda r: _models())
+    return app
+
+
+async def _models() -> web.Response:
+    return web.json_response({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+
+
+async def start_mocks() -> tuple[list[subprocess.Popen[bytes]], list[str]]:
+    procs, urls = [], []
+    for _ in range(CARDS):
+        port = free_port()
+        procs.append(spawn([sys.executable, "-m", "tests.bench_gateway", "mock", str(port)]))
+        urls.append(f"http://127.0.0.1:{port}")
+        await wait_ready(urls[-1], "/health", procs[-1])
+    return procs, urls
 
 
 # -- load -------------------------------------------------------------------------------------
@@ -360,6 +421,7 @@ class Figures:
     cpu_req: float | None = None
     cpu_token: float | None = None
     rss: float | None = None
+    sat_tps: float | None = None  # stream tokens/s, 64 streams over the mock backends
 
 
 async def measure(server: Server, duration_s: float) -> Figures:
@@ -388,6 +450,16 @@ async def measure(server: Server, duration_s: float) -> Figures:
     return f
 
 
+async def saturate(server: Server, duration_s: float) -> float:
+    """Stream tokens/s through `server` from 64 concurrent streams of the mock backends."""
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        await streams(http, server.urls, concurrent=8, duration_s=0.5)  # warm the pools
+        t0 = time.monotonic()
+        _, tokens = await streams(http, server.urls, concurrent=64, duration_s=duration_s)
+        return tokens / (time.monotonic() - t0)
+
+
 # -- report -----------------------------------------------------------------------------------
 
 
@@ -396,18 +468,20 @@ def report(results: dict[str, Figures]) -> None:
     ms = 1e3
     print(
         f"\n{'target':12} {'+lat p50':>9} {'+lat p99':>9} {'max req/s':>10} {'+TTFT p50':>10} "
-        f"{'+TTFT p99':>10} {'CPU/req':>9} {'CPU/token':>10} {'RSS':>8}"
+        f"{'+TTFT p99':>10} {'CPU/req':>9} {'CPU/token':>10} {'RSS':>8} {'sat tok/s':>10}"
     )
     for f in results.values():
         base = direct or Figures("none")
         cpu_req = f"{f.cpu_req * ms:.2f} ms" if f.cpu_req is not None else "-"
         cpu_tok = f"{f.cpu_token * 1e6:.0f} us" if f.cpu_token is not None else "-"
         rss = f"{f.rss:.0f} MiB" if f.rss is not None else "-"
+        sat = f"{f.sat_tps:.0f}" if f.sat_tps is not None else "-"
         lat50, lat99 = (f.lat_p50 - base.lat_p50) * ms, (f.lat_p99 - base.lat_p99) * ms
         print(
             f"{f.name:12} {lat50:8.2f}ms {lat99:8.2f}ms {f.rps:10.0f} "
             f"{(f.ttft_p50 - base.ttft_p50) * ms:8.2f}ms "
-            f"{(f.ttft_p99 - base.ttft_p99) * ms:8.2f}ms {cpu_req:>9} {cpu_tok:>10} {rss:>8}"
+            f"{(f.ttft_p99 - base.ttft_p99) * ms:8.2f}ms {cpu_req:>9} {cpu_tok:>10} {rss:>8} "
+            f"{sat:>10}"
         )
     for f in results.values():
         if f.cpu_req:
@@ -442,6 +516,14 @@ def verdicts(r: dict[str, Figures]) -> None:
         lines.append(("added latency p50 at 200 req/s (ms)", x, "<= 1.5", x <= 1.5))
         x = (gw.lat_p99 - direct.lat_p99) * 1e3
         lines.append(("added latency p99 at 200 req/s (ms)", x, "<= 3", x <= 3))
+    if gw and bare and gw.sat_tps and bare.sat_tps:
+        x = gw.sat_tps / bare.sat_tps
+        lines.append(("saturated stream tokens/s (mock backends), gateway / bare", x, ">= 0.9",
+                      x >= 0.9))  # fmt: skip
+    two = r.get("gateway-2w")
+    if gw and two and gw.cpu_req and two.cpu_req:
+        x = two.cpu_req / gw.cpu_req
+        lines.append(("CPU per request, 2 workers / 1", x, "<= 1.1", x <= 1.1))
     if gw and r.get("gateway-2w"):
         x = r["gateway-2w"].rps / gw.rps
         free = os.cpu_count() or 1
@@ -449,9 +531,16 @@ def verdicts(r: dict[str, Figures]) -> None:
             "" if free >= 4 else f" (this machine has {free} cores, shared with client and cards)"
         )
         lines.append(("max requests/s, 2 workers / 1" + note, x, ">= 1.7", x >= 1.7))
-    nginx, bare_ = r.get("nginx"), r.get("bare")
-    if nginx and bare_:
-        lines.append(("max requests/s, bare / nginx (for scale)", bare_.rps / nginx.rps, "-", True))
+    for other in ("nginx", "vllm-router"):  # for scale: what a C or Rust proxy costs here
+        o = r.get(other)
+        if o and bare and o.cpu_req and o.cpu_token and bare.cpu_req and bare.cpu_token:
+            lines.append((f"CPU per request, {other} / bare (for scale)", o.cpu_req / bare.cpu_req,
+                          "-", True))  # fmt: skip
+            lines.append((f"CPU per streamed token, {other} / bare (for scale)",
+                          o.cpu_token / bare.cpu_token, "-", True))  # fmt: skip
+        if o and bare and o.sat_tps and bare.sat_tps:
+            lines.append((f"saturated stream tokens/s, {other} / bare (for scale)",
+                          o.sat_tps / bare.sat_tps, "-", True))  # fmt: skip
     print()
     for label, value, target, ok in lines:
         mark = "" if target == "-" else ("  met" if ok else "  NOT met")
@@ -470,6 +559,9 @@ async def run(duration_s: float, only: list[str], rounds: int = 3) -> None:
     if "nginx" in only and not Path(NGINX).exists():
         print("nginx: not installed, column skipped (apt-get install nginx-light)")
         only = [n for n in only if n != "nginx"]
+    if "vllm-router" in only and not VLLM_ROUTER.exists():
+        print("vllm-router: not installed, column skipped (pip install -e '.[bench]')")
+        only = [n for n in only if n != "vllm-router"]
     runs: dict[str, list[Figures]] = {name: [] for name in only}
     try:
         for r in range(rounds):
@@ -484,6 +576,21 @@ async def run(duration_s: float, only: list[str], rounds: int = 3) -> None:
     finally:
         cards_proc.terminate()
         cards_proc.wait(timeout=10)
+    mocks, urls = await start_mocks()
+    try:
+        for r in range(rounds):
+            for name in only:
+                with tempfile.TemporaryDirectory() as tmp:
+                    server = await start_target(name, urls, Path(tmp))
+                    try:
+                        runs[name][r].sat_tps = await saturate(server, duration_s)
+                        print(f"  round {r + 1}: {name} saturated", flush=True)
+                    finally:
+                        server.stop()
+    finally:
+        for m in mocks:
+            m.terminate()
+            m.wait(timeout=10)
     report({name: median_figures(fs) for name, fs in runs.items()})
 
 
@@ -525,8 +632,20 @@ def serve_bare(port: int, backends: list[str]) -> None:
     )
 
 
+def serve_mock(port: int) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        loop = None
+    else:
+        loop = uvloop.new_event_loop()
+    web.run_app(mock_app(), host="127.0.0.1", port=port, access_log=None, print=None, loop=loop)
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "bare":
         serve_bare(int(sys.argv[2]), sys.argv[3:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "mock":
+        serve_mock(int(sys.argv[2]))
     else:
         main()
