@@ -25,6 +25,11 @@ E2 = b'data: {"choices":[{"delta":{"content":"b"}}]}\n\n'
         ([b'data: {"x": 1\n\n'], [b""], b'data: {"x": 1', b""),  # cut JSON
         ([b"garbage\n\n"], [b""], b"garbage", b""),
         ([b'data: {"a":1}\ndata: {"b":2}\n\n'], [b'data: {"a":1}\ndata: {"b":2}\n\n'], None, b""),
+        # several events in one read (a saturated relay), each checked without a regex
+        ([E1 + E2 + b"data: [DONE]\n\n"], [E1 + E2 + b"data: [DONE]\n\n"], None, b""),
+        ([E1 + b'data: {"x": 1\n\n' + E2], [b""], b'data: {"x": 1', b""),
+        ([E1 + E2 + b"garbage\n\n"], [b""], b"garbage", b""),
+        ([E1 + b'data: {"a":1}\nid: 7\n\n'], [E1 + b'data: {"a":1}\nid: 7\n\n'], None, b""),
     ],
 )
 def test_framer(

@@ -152,8 +152,11 @@ class EventFramer:
             ends = [m.end() for m in EVENT_END.finditer(data)]
             end = ends[-1] if ends else 0
         ready, self._tail = data[:end], data[end:]
-        for event in EVENT_END.split(ready):
-            if event and not looks_whole(event):
+        # LF-only events (every engine's) split without a regex; a one-line `data: {...}` or
+        # `data: [DONE]` passes without looking at its lines
+        events = EVENT_END.split(ready) if b"\r" in ready else ready.split(b"\n\n")
+        for event in events:
+            if event and not _plain_data(event) and not looks_whole(event):
                 return b"", event
         return ready, None
 
@@ -166,6 +169,13 @@ def _one_data_event(data: bytes) -> bool:
         and data.endswith(b"}\n\n")
         and data.find(b"\n") == len(data) - 2
     )
+
+
+def _plain_data(event: bytes) -> bool:
+    """One single-line `data: {...}` or `data: [DONE]` event, without its blank line."""
+    return (
+        (event.startswith(b"data: {") and event.endswith(b"}")) or event == b"data: [DONE]"
+    ) and b"\n" not in event
 
 
 def looks_whole(event: bytes) -> bool:
