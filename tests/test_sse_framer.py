@@ -80,3 +80,26 @@ def test_usage_reads_chat_and_responses_api_counts() -> None:
     responses += b'"output_tokens":8,"output_tokens_details":{"reasoning_tokens":0}}'
     assert usage(chat) == usage(responses) == {"prompt_tokens": 12, "completion_tokens": 8}
     assert usage(b'data: {"choices":[{"delta":{"content":"hi"}}]}') == {}
+
+
+def test_the_counted_check_of_many_events_never_passes_what_the_event_walk_refuses() -> None:
+    """_all_plain (counts over a read of many events) against _plain_data on each event, over
+    random mixes of plain, odd and broken events: it may send a read to the slow path, never
+    pass one the walk would stop."""
+    import random
+
+    from gateway.server.sse import _all_plain, _plain_data
+
+    pieces = [
+        b'data: {"a":1}', b"data: [DONE]", b'data: {"x": "data: {"}', b'data: {"a"',
+        b"data: [DONE]}", b": ping", b"", b'data: {"a":1}\nid: 3', b"event: x", b"data: {}}",
+        b"data: {{}", b"data: [DONE]\n",
+    ]  # fmt: skip
+    rng = random.Random(17)
+    passed = 0
+    for _ in range(20000):
+        ready = b"".join(rng.choice(pieces) + b"\n\n" for _ in range(rng.randint(1, 5)))
+        if _all_plain(ready):
+            passed += 1
+            assert all(_plain_data(e) for e in ready.split(b"\n\n")[:-1]), ready
+    assert passed > 100  # the fast path is taken for plain reads

@@ -154,6 +154,8 @@ class EventFramer:
         ready, self._tail = data[:end], data[end:]
         # LF-only events (every engine's) split without a regex; a one-line `data: {...}` or
         # `data: [DONE]` passes without looking at its lines
+        if b"\r" not in ready and _all_plain(ready):
+            return ready, None
         events = EVENT_END.split(ready) if b"\r" in ready else ready.split(b"\n\n")
         for event in events:
             if event and not _plain_data(event) and not looks_whole(event):
@@ -169,6 +171,20 @@ def _one_data_event(data: bytes) -> bool:
         and data.endswith(b"}\n\n")
         and data.find(b"\n") == len(data) - 2
     )
+
+
+def _all_plain(ready: bytes) -> bool:
+    """Every event of `ready` (whole LF-only events) is what _plain_data accepts, by counts over
+    the bytes instead of a call per event: its only newlines are the n event ends, and each of
+    its n events but the exact `data: [DONE]` ones starts `data: {` and ends `}`. Anything
+    else (an empty event, another field, `data: {` inside a string) fails a count and takes the
+    event-by-event path."""
+    n = ready.count(b"\n\n")
+    if ready.count(b"\n") != 2 * n:
+        return False
+    done = ready.startswith(b"data: [DONE]\n\n") + ready.count(b"\n\ndata: [DONE]\n\n")
+    opened = ready.startswith(b"data: {") + ready.count(b"\n\ndata: {")
+    return opened == ready.count(b"}\n\n") == n - done
 
 
 def _plain_data(event: bytes) -> bool:
