@@ -88,3 +88,17 @@ def test_errors_name_the_field(edit, field: str, words: str) -> None:  # type: i
 def test_not_yaml_is_an_error() -> None:
     with pytest.raises(ConfigError, match="not valid YAML"):
         load("backends: [", env={})
+
+
+@pytest.mark.parametrize("value", ["sk-a\n", " sk-a", "sk-a\t"])
+def test_a_secret_with_whitespace_around_it_is_refused(value: str) -> None:
+    """An Authorization header's value is trimmed, so a key that starts or ends with whitespace
+    could never authenticate (and a backend key so written is not a valid header)."""
+    import yaml
+
+    data = yaml.safe_load(MINIMAL)
+    data["backends"][0]["api_key_env"] = "A_KEY"
+    with pytest.raises(ConfigError) as e:
+        parse(data, env={"A_KEY": value})
+    assert e.value.field == "backends[0].api_key_env"
+    assert "whitespace" in str(e.value)

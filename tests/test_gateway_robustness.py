@@ -225,6 +225,9 @@ REFUSED_BEFORE_ANY_BACKEND = [
         400,
     ),
     ("surrogate in a key", JSON, b'{"model": "%s", "prompt": "", "\\ud800": 1}' % MODEL_BYTES, 400),
+    ("temperature 1e400 (infinity)", JSON,
+     b'{"model": "%s", "prompt": "x", "temperature": 1e400}' % MODEL_BYTES, 400),
+    ("top_p -1e400", JSON, b'{"model": "%s", "prompt": "x", "top_p": -1e400}' % MODEL_BYTES, 400),
 ]  # fmt: skip
 WRONG = [None, 0, -1, 2.5, 10**30, "", "x", "\ud83d\ude00", True, [], [1], ["a", 1], {}, {"a": 1}]
 FIELDS = [

@@ -218,6 +218,12 @@ def _secret(s: _Section, key: str, env: Mapping[str, str]) -> str | None:
         raise ConfigError(
             f"`{s.name(key)}`: environment variable {var} is not set", field=s.name(key)
         )
+    if env[var] != env[var].strip():  # a header value is trimmed: such a key could never match
+        raise ConfigError(
+            f"`{s.name(key)}`: environment variable {var} starts or ends with whitespace, "
+            "which no Authorization header can carry",
+            field=s.name(key),
+        )
     return env[var]
 
 

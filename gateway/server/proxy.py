@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ SSE_HEADERS = {
 }
 
 UPSTREAM_ERRORS = (aiohttp.ClientError, TimeoutError)
+log = logging.getLogger("cardinal.gateway")
 MAX_FIRST_EVENT = 1 << 20  # a first event larger than this is not one
 
 
@@ -124,23 +126,30 @@ class Proxy:
 
     def _gave_up(self, call: Call, failed: Sequence[Retry]) -> GatewayError:
         """The error for a request no backend served: theirs when all were busy or when two
-        failed it alike, else the gateway's 502 (504 after a timeout)."""
+        failed it alike, else the gateway's 502 (504 after a timeout). The client's message
+        names no backend, address or upstream text (a backend may echo what it was sent, the
+        gateway's key included); the log has them under the request id."""
         last, n = failed[-1], len(failed)
+        log.warning(
+            "request %s: %d backends tried: %s", call.request_id, n, "; ".join(map(str, failed))
+        )
+        see = f"the gateway's log has each backend's error under request id {call.request_id}"
         if all(f.reason == "busy" for f in failed):
             self.metrics.child(self.metrics.rejected, "backends_busy").inc()
             waits = [f.retry_after_s for f in failed if f.retry_after_s is not None]
             wait = math.ceil(min(waits)) if waits else self.config.admission.retry_after_s
             return Overloaded(
-                f"every backend serving `{call.route.model}` is busy ({n} tried); last: {last}",
+                f"every backend serving `{call.route.model}` is busy ({n} tried)",
                 retry_after_s=max(1, wait),
             )
         if failed_alike(failed):
-            message = f"{n} backends failed this request alike, so it is not retried: {last}"
+            message = f"{n} backends failed this request alike, so it is not retried; {see}"
             if last.status is not None:
                 return RequestFailed(message, status=last.status)
             return (UpstreamTimeout if last.timeout else UpstreamFailed)(message)
         error = UpstreamTimeout if last.timeout else UpstreamFailed
-        return error(f"no backend answered ({n} tried); last error: {last}")
+        what = "timed out" if last.timeout else "failed"
+        return error(f"no backend answered ({n} tried, the last {what}); {see}")
 
     async def _attempt(
         self, request: web.Request, call: Call, backend: Backend, waited: float
@@ -191,6 +200,9 @@ class Proxy:
         if up.status < 500:
             backend.answered()
         self._finish(call, backend, str(up.status), now)
+        key = backend.config.api_key
+        if up.status >= 400 and key and key.encode() in payload:  # an echo of what it was sent
+            payload = payload.replace(key.encode(), b"[redacted]")
         if up.status >= 400 and not openai_shaped(payload):
             return self._reshaped(call, backend, up.status, payload)
         ctype = up.headers.get("Content-Type", "application/json")
@@ -328,7 +340,14 @@ class Proxy:
         else:
             self._eject(backend, error)
         self.metrics.child(self.metrics.stream_errors, backend.name).inc()
-        body = UpstreamFailed(f"backend {backend.name} failed mid-stream: {describe(error)}").body()
+        log.warning(
+            "request %s: backend %s failed mid-stream: %s",
+            call.request_id, backend.name, describe(error),
+        )  # fmt: skip
+        body = UpstreamFailed(
+            f"the backend failed mid-stream; the gateway's log has why under request id "
+            f"{call.request_id}"
+        ).body()
         try:
             await resp.write(b"data: " + json.dumps(body).encode() + b"\n\n")
             await resp.write_eof()

@@ -261,6 +261,8 @@ def _number(body: dict[str, Any], name: str, *, low: float, high: float = math.i
         return
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise BadRequest(f"`{name}` must be a number, got {_show(value)}", param=name)
+    if isinstance(value, float) and not math.isfinite(value):  # 1e400 parses to infinity
+        raise BadRequest(f"`{name}` must be a finite number, got {value!r}", param=name)
     if not low <= value <= high:
         bound = f">= {low:g}" if high == math.inf else f"between {low:g} and {high:g}"
         raise BadRequest(f"`{name}` must be {bound}, got {_show(value)}", param=name)
