@@ -202,6 +202,32 @@ async def test_requests_per_minute_429_with_retry_after_and_openai_headers(
 
 
 @pytest.mark.asyncio
+async def test_a_key_over_its_limit_is_refused_before_its_body_is_read(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Invalid requests count against the key's request budget, and once it is spent the 429
+    comes back while the client has sent only its headers: the body (announced as 8 MB) is
+    never read, let alone parsed."""
+    limits = {"requests_per_minute": 6, "burst_requests": 2}
+    async with keyed([card_config()], key_limits=limits) as f:
+        url = f.gateway.url + "/v1/completions"
+        for _ in range(2):
+            async with http.post(url, data=b"{not json", headers=bearer("sk-team-a")) as r:
+                assert r.status == 400
+        host, port = f.gateway.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer sk-team-a\r\nContent-Length: 8000000\r\n\r\n{"
+        )
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout=5)
+        writer.close()
+        assert status_line.startswith(b"HTTP/1.1 429"), status_line
+        assert f.sample("gateway_rejected_requests_total", reason="key_requests") == 1
+
+
+@pytest.mark.asyncio
 async def test_tokens_per_minute_settled_when_the_stream_ends(
     http: aiohttp.ClientSession,
 ) -> None:

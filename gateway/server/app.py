@@ -274,34 +274,41 @@ async def _forward(request: web.Request, path: str) -> web.StreamResponse:
     app = request.app
     live = app[live_key]
     key = live.keyring.identify(request.headers)  # before the body: strangers cost nothing
-    validation.check_headers(request.headers)
-    body = await _body(request)
-    parsed = validation.parse_body(body)
-    validation.check(path, parsed)
-    model = parsed["model"]
-    policy = app[admission_key].policy
+    # and so does a key over its limits: its request is counted (valid or not) before its body
+    # is read or parsed
     ticket = await app[limiter_key].admit(key) if key is not None else None
-    call = Call(
-        path=path,
-        body=body,
-        route=RouteRequest(
-            model=model, key=_affinity_key(request, parsed) if policy.needs_key else None
-        ),
-        stream=parsed.get("stream", False) and path in (validation.CHAT, validation.COMPLETIONS),
-        request_id=request[request_id_key],
-        start_s=start_s,
-        headers=ticket.headers if ticket is not None else {},
-    )
+    call: Call | None = None
+    parsed: dict[str, Any] = {}
     try:
+        validation.check_headers(request.headers)
+        body = await _body(request)
+        parsed = validation.parse_body(body)
+        validation.check(path, parsed)
+        policy = app[admission_key].policy
+        call = Call(
+            path=path,
+            body=body,
+            route=RouteRequest(
+                model=parsed["model"],
+                key=_affinity_key(request, parsed) if policy.needs_key else None,
+            ),
+            stream=parsed.get("stream", False)
+            and path in (validation.CHAT, validation.COMPLETIONS),
+            request_id=request[request_id_key],
+            start_s=start_s,
+            headers=ticket.headers if ticket is not None else {},
+        )
         return await app[proxy_key].forward(request, call)
     finally:
         if ticket is not None:
             _settle(app[limiter_key], ticket, call, parsed)
 
 
-def _settle(limiter: Limiter, ticket: Ticket, call: Call, body: dict[str, Any]) -> None:
-    """Charge the key what the request used; a stream without usage gets its prompt estimated."""
-    if not call.tally.completion:  # nothing generated (refused, failed): nothing to charge
+def _settle(limiter: Limiter, ticket: Ticket, call: Call | None, body: dict[str, Any]) -> None:
+    """Charge the key what the request used; a stream without usage gets its prompt estimated.
+    A request refused before it had a call (its body unreadable or invalid) used its request
+    from the key's budget and no tokens."""
+    if call is None or not call.tally.completion:  # nothing generated: nothing to charge
         limiter.settle(ticket, tokens=0)
         return
     prompt = call.tally.prompt or math.ceil(validation.prompt_chars(body) / 4)
