@@ -580,18 +580,22 @@ async def run(duration_s: float, only: list[str], rounds: int = 3) -> None:
     try:
         for r in range(rounds):
             for name in only:
-                with tempfile.TemporaryDirectory() as tmp:
-                    server = await start_target(name, urls, Path(tmp))
-                    try:
-                        runs[name][r].sat_tps = await saturate(server, duration_s)
-                        print(f"  round {r + 1}: {name} saturated", flush=True)
-                    finally:
-                        server.stop()
+                runs[name][r].sat_tps = await _saturated(name, urls, duration_s)
+                print(f"  round {r + 1}: {name} saturated", flush=True)
     finally:
         for m in mocks:
             m.terminate()
             m.wait(timeout=10)
     report({name: median_figures(fs) for name, fs in runs.items()})
+
+
+async def _saturated(name: str, urls: list[str], duration_s: float) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        server = await start_target(name, urls, Path(tmp))
+        try:
+            return await saturate(server, duration_s)
+        finally:
+            server.stop()
 
 
 def median_figures(runs: list[Figures]) -> Figures:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 import aiohttp
 import pytest
@@ -56,17 +57,22 @@ async def _ask(urls: list[str]) -> tuple[int, dict, str]:  # type: ignore[type-a
         await gw.stop()
 
 
+async def _ask_two(handler: Any) -> tuple[int, dict, str]:  # type: ignore[type-arg]
+    """_ask over two backends that answer completions with `handler`."""
+    ups = [await fake_upstream(post_v1_completions=handler, get_health=_health) for _ in "ab"]
+    try:
+        return await _ask([u.url for u in ups])
+    finally:
+        for u in ups:
+            await u.stop()
+
+
 @pytest.mark.asyncio
 async def test_a_5xx_from_echoing_backends_names_nothing_internal(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    ups = [await fake_upstream(post_v1_completions=_echo(500), get_health=_health) for _ in "ab"]
-    try:
-        with caplog.at_level(logging.WARNING, logger="cardinal.gateway"):
-            status, body, rid = await _ask([u.url for u in ups])
-    finally:
-        for u in ups:
-            await u.stop()
+    with caplog.at_level(logging.WARNING, logger="cardinal.gateway"):
+        status, body, rid = await _ask_two(_echo(500))
     text = json.dumps(body)
     assert status == 500 and body["error"]["code"] == "request_failed_upstream"
     for secret in (KEY, "secret-host", "127.0.0.1", "I was sent"):
@@ -86,13 +92,8 @@ async def _hang_up(request: web.Request) -> web.Response:
 async def test_a_backend_that_hangs_up_is_not_named_to_the_client(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    ups = [await fake_upstream(post_v1_completions=_hang_up, get_health=_health) for _ in "ab"]
-    try:
-        with caplog.at_level(logging.WARNING, logger="cardinal.gateway"):
-            status, body, rid = await _ask([u.url for u in ups])
-    finally:
-        for u in ups:
-            await u.stop()
+    with caplog.at_level(logging.WARNING, logger="cardinal.gateway"):
+        status, body, rid = await _ask_two(_hang_up)
     text = json.dumps(body)
     assert status == 502 and body["error"]["code"] == "upstream_failed", body
     assert "secret-host" not in text and "127.0.0.1" not in text and rid in text
