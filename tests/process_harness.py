@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +25,22 @@ SHORT_RUN = {"LOCUST_MIN_WINDOW": "2s", "LOCUST_MIN_REQUESTS": "10"}
 SIM_LAGGED = "the latencies measure the simulator, not the plan"
 
 
-def judged(
-    prove: Callable[[], subprocess.CompletedProcess[str]],
-) -> subprocess.CompletedProcess[str]:
-    """A `cardinal prove` run that reached a verdict to test: run again, once, when a trial was
-    voided because a simulated card's loop ran late on this shared machine (prove said so; the
-    test cannot judge the plan from it). A second void is returned as it is, and fails."""
+def judged(plan: Path, *args: str, timeout: int) -> subprocess.CompletedProcess[str]:
+    """`cardinal prove PLAN ARGS` (in the plan's folder, with SHORT_RUN's bounds) to a verdict
+    the test can judge: run again, once, when a trial was voided because a simulated card's
+    loop ran late on this shared machine (prove said so). A second void is returned as it is,
+    and fails."""
+
+    def prove() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(CARDINAL), "prove", str(plan), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=plan.parent,
+            env={**os.environ, **SHORT_RUN},
+        )
+
     run = prove()
     if run.returncode == 2 and SIM_LAGGED in run.stdout:
         print(run.stdout)

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.prove.proof import SweepVoid, highest_passing, search_rate
 from gateway.prove.trial import Trial
-from tests.process_harness import SHORT_RUN, judged
+from tests.process_harness import judged
 
 CARDINAL = Path(sys.executable).with_name("cardinal")
 PLAN = [
@@ -37,16 +37,7 @@ def _plan(tmp_path: Path, qps: float) -> Path:
 
 
 def _prove(plan: Path, *args: str, timeout: int) -> subprocess.CompletedProcess[str]:
-    return judged(
-        lambda: subprocess.run(
-            [str(CARDINAL), "prove", str(plan), *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=plan.parent,
-            env={**os.environ, **SHORT_RUN},
-        )
-    )
+    return judged(plan, *args, timeout=timeout)
 
 
 def test_sweep_finds_the_plans_per_card_capacity(tmp_path: Path) -> None:

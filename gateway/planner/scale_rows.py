@@ -70,14 +70,26 @@ def aggregated_steps(catalog: Catalog, row: ScaleRow) -> tuple[float, float, flo
     """An aggregated row's (measured TPOT, the model's decode step with no prompts in it, the
     model's mixed step), in seconds: where the measured TPOT is below the step with no
     prompts, no prompt-mixing term can explain the gap."""
-    assert row.role == "aggregated" and row.osl is not None
     g = _group(catalog, row, None)
     n = min(row.ep, g.knobs.gpus_per_node)
-    ctx = row.isl + row.osl / 2
     measured = row.batch * g.tokens_per_step(row.accept) * n / row.measured
-    decode = g.step_s(batch=row.batch, ctx=ctx, accept=row.accept)
-    mixed = g.mixed_step_s(batch=row.batch, ctx=ctx, accept=row.accept, isl=row.isl, osl=row.osl)
-    return measured, decode, mixed
+    decode = g.step_s(batch=row.batch, ctx=_mean_ctx(row), accept=row.accept)
+    return measured, decode, _mixed_step(g, row)
+
+
+def _mean_ctx(row: ScaleRow) -> float:
+    """An aggregated row's mean context in its decode steps: the prompt and half the answer."""
+    assert row.role == "aggregated" and row.osl is not None
+    return row.isl + row.osl / 2
+
+
+def _mixed_step(g: Group, row: ScaleRow) -> float:
+    """An aggregated row's mean step, closed loop: each finished request's place is taken by a
+    new prompt, prefilled inside the decode steps."""
+    assert row.osl is not None
+    return g.mixed_step_s(
+        batch=row.batch, ctx=_mean_ctx(row), accept=row.accept, isl=row.isl, osl=row.osl
+    )
 
 
 def predict_row(catalog: Catalog, row: ScaleRow, *, knobs: ScaleKnobs | None = None) -> float:
@@ -91,10 +103,4 @@ def predict_row(catalog: Catalog, row: ScaleRow, *, knobs: ScaleKnobs | None = N
         assert row.ctx is not None
         step = g.step_s(batch=row.batch, ctx=row.ctx, accept=row.accept)
         return row.batch * g.tokens_per_step(row.accept) / step * n
-    # aggregated, closed loop: each finished request's place is taken by a new prompt,
-    # prefilled inside the decode steps
-    assert row.osl is not None
-    step = g.mixed_step_s(
-        batch=row.batch, ctx=row.isl + row.osl / 2, accept=row.accept, isl=row.isl, osl=row.osl
-    )
-    return row.batch * g.tokens_per_step(row.accept) / step * n
+    return row.batch * g.tokens_per_step(row.accept) / _mixed_step(g, row) * n

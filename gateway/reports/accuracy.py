@@ -168,7 +168,8 @@ def render_scale(catalog: Catalog) -> str:
 def render_aggregated(catalog: Catalog) -> str:
     """Markdown: the aggregated runs' measured TPOT beside the model's decode step with no
     prompts and its mixed step, and the runs measured twice with one layout."""
-    rows = [r for r in read_scale_rows() if r.role == "aggregated"]
+    every = read_scale_rows()
+    rows = [r for r in every if r.role == "aggregated"]
     lines = [
         "### Aggregated runs: what their TPOT says",
         "",
@@ -198,7 +199,7 @@ def render_aggregated(catalog: Catalog) -> str:
     faster = f"- {below} of {len(rows)} runs are faster than the model's step with no prompts."
     lines += ["", faster]
     same: dict[tuple[object, ...], list[ScaleRow]] = {}
-    for r in read_scale_rows():
+    for r in every:
         if r.split == "production":  # a daily average, not a second measurement
             continue
         same.setdefault((r.gpu, r.role, r.ep, r.isl, r.osl, r.batch, r.ctx), []).append(r)

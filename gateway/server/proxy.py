@@ -130,11 +130,14 @@ class Proxy:
         names no backend, address or upstream text (a backend may echo what it was sent, the
         gateway's key included); the log has them under the request id."""
         last, n = failed[-1], len(failed)
-        log.warning(
-            "request %s: %d backends tried: %s", call.request_id, n, "; ".join(map(str, failed))
-        )
+        busy = all(f.reason == "busy" for f in failed)
+        # every backend full is overload, counted below, not an error to log per request
+        log.log(
+            logging.DEBUG if busy else logging.WARNING,
+            "request %s: %d backends tried: %s", call.request_id, n, "; ".join(map(str, failed)),
+        )  # fmt: skip
         see = f"the gateway's log has each backend's error under request id {call.request_id}"
-        if all(f.reason == "busy" for f in failed):
+        if busy:
             self.metrics.child(self.metrics.rejected, "backends_busy").inc()
             waits = [f.retry_after_s for f in failed if f.retry_after_s is not None]
             wait = math.ceil(min(waits)) if waits else self.config.admission.retry_after_s
@@ -200,9 +203,9 @@ class Proxy:
         if up.status < 500:
             backend.answered()
         self._finish(call, backend, str(up.status), now)
-        key = backend.config.api_key
-        if up.status >= 400 and key and key.encode() in payload:  # an echo of what it was sent
-            payload = payload.replace(key.encode(), b"[redacted]")
+        key = backend.config.api_key.encode() if backend.config.api_key else b""
+        if up.status >= 400 and key and key in payload:  # an echo of what it was sent
+            payload = payload.replace(key, b"[redacted]")
         if up.status >= 400 and not openai_shaped(payload):
             return self._reshaped(call, backend, up.status, payload)
         ctype = up.headers.get("Content-Type", "application/json")

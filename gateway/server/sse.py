@@ -154,9 +154,10 @@ class EventFramer:
         ready, self._tail = data[:end], data[end:]
         # LF-only events (every engine's) split without a regex; a one-line `data: {...}` or
         # `data: [DONE]` passes without looking at its lines
-        if b"\r" not in ready and _all_plain(ready):
+        crlf = b"\r" in ready
+        if not crlf and _all_plain(ready):
             return ready, None
-        events = EVENT_END.split(ready) if b"\r" in ready else ready.split(b"\n\n")
+        events = EVENT_END.split(ready) if crlf else ready.split(b"\n\n")
         for event in events:
             if event and not _plain_data(event) and not looks_whole(event):
                 return b"", event
