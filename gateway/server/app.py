@@ -25,7 +25,9 @@ from gateway.server.backend import Backend
 from gateway.server.bucket import LocalStore
 from gateway.server.config import GatewayConfig
 from gateway.server.errors import (
+    SHUTTING_DOWN,
     BadRequest,
+    Draining,
     GatewayError,
     MethodNotAllowed,
     ModelNotFound,
@@ -279,6 +281,8 @@ async def _forward(request: web.Request, path: str) -> web.StreamResponse:
     ticket = await app[limiter_key].admit(key) if key is not None else None
     call: Call | None = None
     parsed: dict[str, Any] = {}
+    proxy = app[proxy_key]
+    task = proxy.inflight.enter()  # a drain waits for it, then ends it
     try:
         validation.check_headers(request.headers)
         body = await _body(request)
@@ -298,8 +302,13 @@ async def _forward(request: web.Request, path: str) -> web.StreamResponse:
             start_s=start_s,
             headers=ticket.headers if ticket is not None else {},
         )
-        return await app[proxy_key].forward(request, call)
+        return await proxy.forward(request, call)
+    except asyncio.CancelledError:
+        if proxy.inflight.cancelled_by_cut():  # the drain deadline passed before its answer
+            raise Draining(f"{SHUTTING_DOWN}; retry the request") from None
+        raise
     finally:
+        proxy.inflight.leave(task)
         if ticket is not None:
             _settle(app[limiter_key], ticket, call, parsed)
 

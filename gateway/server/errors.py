@@ -187,8 +187,12 @@ class RateLimited(GatewayError):
         return self._headers
 
 
+SHUTTING_DOWN = "the gateway is shutting down"
+
+
 class Draining(GatewayError):
-    """The gateway is shutting down and takes no new requests."""
+    """The gateway is shutting down: it takes no new requests, and ends those still running at
+    its drain deadline."""
 
     status = 503
     type = "service_unavailable"

@@ -84,6 +84,9 @@ class GatewayMetrics:
         self.refused = Counter(
             "gateway_refused_connections", "Connections closed at once: over the cap.", **r
         )
+        self.worker_restarts = Counter(
+            "gateway_worker_restarts", "Worker processes restarted after they died.", **r
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def watch(self, backends: Sequence[Backend], *, queue_depth: Callable[[], float]) -> None:

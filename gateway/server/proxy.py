@@ -28,7 +28,10 @@ from gateway.server.attempt import (
 )
 from gateway.server.backend import Backend
 from gateway.server.config import GatewayConfig
+from gateway.server.drain import InFlight
 from gateway.server.errors import (
+    SHUTTING_DOWN,
+    Draining,
     GatewayError,
     NoBackend,
     Overloaded,
@@ -92,6 +95,7 @@ class Proxy:
         self.session = session
         self.admission = admission
         self.metrics = metrics
+        self.inflight = InFlight()
         self._loop = asyncio.get_running_loop()
         self.prefill = PrefillLegs(session, metrics, strike=self._strike, failed=self._failed)
         self.sends = SendWatch(
@@ -184,7 +188,10 @@ class Proxy:
                 return await self._relay(request, call, backend, up)
             return await self._whole(call, backend, up)
         except asyncio.CancelledError:  # the client went away, before or after the headers
-            self._finish(call, backend, "499", self._loop.time())
+            # (or the drain deadline passed: the caller answers 503)
+            self._finish(
+                call, backend, "503" if self.inflight.cutting else "499", self._loop.time()
+            )
             raise
         finally:
             if up is not None:  # a no-op after a full read; else frees the backend's slot now
@@ -233,9 +240,16 @@ class Proxy:
             ttft=m.child(m.ttft, model).observe,
             itl=m.child(m.itl, model).observe,
         )
+        # Its headers go out with the first whole event (see _pump).
+        resp = web.StreamResponse(headers=self._headers(call, SSE_HEADERS))
         try:
-            return await self._pump(request, call, backend, up, meter)
+            return await self._pump(request, call, backend, up, resp, meter)
         except asyncio.CancelledError:
+            if resp.prepared and self.inflight.cancelled_by_cut():
+                # the drain deadline passed mid-stream: end it as a failed answer, in-band
+                await self._end(resp, Draining(f"{SHUTTING_DOWN}; retry the request"))
+                self._finish(call, backend, "503", self._loop.time(), meter)
+                return resp
             self._count_tokens(call, meter.counts())  # a client that leaves pays what it got
             raise
         except ConnectionResetError:  # gone as the headers or the end went out (never sent)
@@ -248,13 +262,13 @@ class Proxy:
         call: Call,
         backend: Backend,
         up: aiohttp.ClientResponse,
+        resp: web.StreamResponse,
         meter: StreamMeter,
     ) -> web.StreamResponse:
         content, loop = up.content, self._loop
         # Headers go out with the first whole event, so a backend that fails or sends nonsense
         # before it can still be retried elsewhere.
         chunk = await self._first_event(backend, content)
-        resp = web.StreamResponse(headers=self._headers(call, SSE_HEADERS))
         await resp.prepare(request)
         framer, last = EventFramer(), b""
         while chunk:
@@ -347,16 +361,20 @@ class Proxy:
             "request %s: backend %s failed mid-stream: %s",
             call.request_id, backend.name, describe(error),
         )  # fmt: skip
-        body = UpstreamFailed(
+        told = UpstreamFailed(
             f"the backend failed mid-stream; the gateway's log has why under request id "
             f"{call.request_id}"
-        ).body()
+        )
+        await self._end(resp, told)
+        self._finish(call, backend, "502", self._loop.time(), meter)
+
+    async def _end(self, resp: web.StreamResponse, error: GatewayError) -> None:
+        """End a stream with OpenAI's in-band error event."""
         try:
-            await resp.write(b"data: " + json.dumps(body).encode() + b"\n\n")
+            await resp.write(b"data: " + json.dumps(error.body()).encode() + b"\n\n")
             await resp.write_eof()
         except ConnectionResetError:
             pass  # the client left too; nothing to tell
-        self._finish(call, backend, "502", self._loop.time(), meter)
 
     async def _refused(self, backend: Backend, up: aiohttp.ClientResponse) -> Retry:
         text = error_message(await up.read())

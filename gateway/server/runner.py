@@ -5,34 +5,35 @@ connections over them. Prometheus should scrape each worker (or run one worker p
 Per-key limits are one set for all workers: the first process holds them and answers the others
 over a Unix socket (`shared_limits.py`), Redis or not.
 SIGHUP reloads the config in every worker; SIGTERM (or SIGINT) stops accepting connections, lets
-the requests in flight finish within `server.drain_timeout_s`, then exits.
+the requests in flight finish within `server.drain_timeout_s`, ends those still running (a stream
+with an error event, any other request with a 503), then exits.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import multiprocessing
-import os
 import shutil
 import signal
 import socket
 import tempfile
 from collections.abc import Callable, Coroutine
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from gateway.server.app import create_app, live_key, metrics_key, reloader_key
+from gateway.server.app import create_app, live_key, metrics_key, proxy_key, reloader_key
 from gateway.server.bucket import LocalStore
 from gateway.server.config import GatewayConfig
 from gateway.server.connections import CappedSite
 from gateway.server.shared_limits import store_app
+from gateway.server.workers import Workers, watch_parent
 
 log = logging.getLogger("cardinal.gateway")
 
+CUT_GRACE_S = 1.0  # after the drain deadline: for the cut requests to tell their clients
 Loader = Callable[[], GatewayConfig]  # reads gateway.yaml again (the CLI's, for reloads)
 
 
@@ -92,7 +93,8 @@ def bound_socket(host: str, port: int) -> socket.socket:
 
 
 def serve(config: GatewayConfig, *, workers: int = 1, load: Loader | None = None) -> None:
-    """Serve until SIGINT or SIGTERM; workers beyond the first are child processes.
+    """Serve until SIGINT or SIGTERM; workers beyond the first are child processes, restarted
+    when they die (`workers.py`).
 
     `load` reads the config again on SIGHUP (None: SIGHUP is ignored)."""
     _logging()
@@ -102,43 +104,31 @@ def serve(config: GatewayConfig, *, workers: int = 1, load: Loader | None = None
     tmp = tempfile.mkdtemp(prefix="cardinal-limits-") if workers > 1 else None
     limits_sock = _unix_socket(str(Path(tmp) / "limits.sock")) if tmp else None
     path = limits_sock.getsockname() if limits_sock else None
-    ctx = multiprocessing.get_context("spawn")
-    children = [
-        ctx.Process(
-            target=_worker,
-            args=(config, port, load, path),
-            name=f"gateway-worker-{i}",
-            daemon=True,
-        )
-        for i in range(1, workers)
-    ]
-    for child in children:
-        child.start()
+    others = Workers(_worker, (config, port, load, path), workers - 1) if workers > 1 else None
     policy = config.routing.policy
     print(
         f"gateway: http://{config.host}:{port} -> {len(config.backends)} backends, "
         f"routing {policy}, {workers} worker{'s' if workers > 1 else ''}",
         flush=True,
     )
-    pids = [c.pid for c in children if c.pid is not None]
     try:
         run(
             _serve_until_signal(
-                config, sock=sock, load=load, forward_to=pids, limits_sock=limits_sock
+                config, sock=sock, load=load, workers=others, limits_sock=limits_sock
             )
         )
     finally:
-        for child in children:
-            child.terminate()  # a no-op for those already draining on the forwarded signal
-        for child in children:
-            child.join(timeout=config.server.drain_timeout_s + 5)
+        if others is not None:
+            others.stop(timeout_s=config.server.drain_timeout_s + 5)
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _worker(config: GatewayConfig, port: int, load: Loader | None, limits: str | None) -> None:
+def _worker(
+    config: GatewayConfig, port: int, load: Loader | None, limits: str | None, lifeline: Connection
+) -> None:
     _logging()
-    run(_serve_until_signal(config, port=port, load=load, parent_limits=limits))
+    run(_serve_until_signal(config, port=port, load=load, parent_limits=limits, lifeline=lifeline))
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:
@@ -167,16 +157,20 @@ async def _serve_until_signal(
     sock: socket.socket | None = None,
     port: int = 0,
     load: Loader | None = None,
-    forward_to: list[int] | None = None,
+    workers: Workers | None = None,
     limits_sock: socket.socket | None = None,
     parent_limits: str | None = None,
+    lifeline: Connection | None = None,
 ) -> None:
+    """The first process (`workers`: the others, which it supervises) or one of the others
+    (`lifeline`: the pipe that closes when the first one dies)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    pids = forward_to or []
 
     def on_stop(sig: signal.Signals) -> None:
-        _forward(sig, pids)
+        if workers is not None:
+            workers.stopping = True
+            workers.signal(sig)
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -185,31 +179,61 @@ async def _serve_until_signal(
     store = LocalStore()
     app = create_app(config, load_config=load, limits=store, parent_limits=parent_limits)
     shared = await start(store_app(store), sock=limits_sock) if limits_sock else None
+    # The drain below waits for the requests; aiohttp's own shutdown only closes what is left.
     runner = await start(
-        app, sock=sock, host=config.host, port=port, reuse_port=True, shutdown_timeout=drain_s
+        app, sock=sock, host=config.host, port=port, reuse_port=True, shutdown_timeout=CUT_GRACE_S
     )
     tasks: set[asyncio.Task[object]] = set()
 
     def on_hup() -> None:
-        _forward(signal.SIGHUP, pids)
+        if workers is not None:
+            workers.signal(signal.SIGHUP)
         task = asyncio.create_task(app[reloader_key].reload())
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
+    def orphaned() -> None:
+        print("gateway: the parent process is gone; stopping", flush=True)
+        stop.set()
+
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    if lifeline is not None:
+        watch_parent(lifeline, orphaned)
+    supervisor = None
+    if workers is not None:
+        supervisor = asyncio.create_task(workers.supervise(app[metrics_key].worker_restarts.inc))
     try:
         await stop.wait()
-        app[live_key].draining = True
-        busy = sum(b.inflight for b in app[reloader_key].backends)
-        print(f"gateway: draining {busy} requests in flight (up to {drain_s:g} s)", flush=True)
+        if supervisor is not None:
+            supervisor.cancel()
+        await _drain(app, runner, drain_s)
     finally:
         loop.remove_signal_handler(signal.SIGHUP)
-        # Stops listening, closes idle connections, waits for handlers up to the deadline,
-        # then cancels the rest (their clients get an error event) and closes the app.
-        await runner.cleanup()
+        await runner.cleanup()  # closes what the drain left, then the app
         if shared is not None:  # last: the workers settle their requests here as they drain
             await shared.cleanup()
     print("gateway: stopped", flush=True)
+
+
+async def _drain(app: web.Application, runner: web.AppRunner, drain_s: float) -> None:
+    """Stop taking connections, close the idle ones, give the requests in flight `drain_s` to
+    finish, then end the rest: streams with an error event, the others with a 503."""
+    app[live_key].draining = True
+    inflight = app[proxy_key].inflight
+    print(
+        f"gateway: draining {len(inflight.tasks)} requests in flight (up to {drain_s:g} s)",
+        flush=True,
+    )
+    for site in list(runner.sites):
+        await site.stop()
+    await asyncio.sleep(0)  # requests accepted before the close start their handlers
+    if runner.server is not None:
+        runner.server.pre_shutdown()  # idle keep-alive connections close now, busy ones after
+    if await inflight.finished(drain_s):
+        return
+    n = inflight.cut()
+    print(f"gateway: drain deadline passed: {n} requests ended with an error", flush=True)
+    await inflight.finished(CUT_GRACE_S)
 
 
 def _logging() -> None:
@@ -217,9 +241,3 @@ def _logging() -> None:
     # aiohttp logs each malformed request it answers 400 with a traceback: any client could
     # flood the log. Handler errors are the gateway's own to log (its error middleware does).
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
-
-
-def _forward(sig: signal.Signals, pids: list[int]) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
