@@ -86,14 +86,13 @@ def _config_file(path: Path, *, env: Any) -> Any:
     from gateway.server import config as gwconfig
 
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as e:
         # a ConfigError, so a reload that cannot read the file is rejected, not fatal
         raise gwconfig.ConfigError(f"cannot read {path}: {e.strerror}", field="(file)") from None
+    text = gwconfig.decode(data, what=str(path), field="(file)")
     beside = path.parent  # files the config names are relative to it
-    return gwconfig.load(
-        text, env=env, read=lambda name: (beside / name).read_text(encoding="utf-8")
-    )
+    return gwconfig.load(text, env=env, read=lambda name: (beside / name).read_bytes())
 
 
 def cmd_serve(args: argparse.Namespace, catalog: Catalog) -> int:

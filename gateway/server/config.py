@@ -20,10 +20,12 @@ from gateway.server.settings import (
     AuthConfig,
     BackendConfig,
     ClientKey,
+    Deadlines,
     GatewayConfig,
     HealthConfig,
     KeyLimits,
     LimitsConfig,
+    MetricsConfig,
     RoutingConfig,
     ServerConfig,
     TimeoutConfig,
@@ -40,16 +42,19 @@ __all__ = [
     "BackendConfig",
     "ClientKey",
     "ConfigError",
+    "Deadlines",
     "GatewayConfig",
     "HealthConfig",
     "KeyLimits",
     "LimitsConfig",
+    "MetricsConfig",
     "POLICIES",
     "RESTART_ONLY",
     "Reader",
     "RoutingConfig",
     "ServerConfig",
     "TimeoutConfig",
+    "decode",
     "load",
     "parse",
     "parse_listen",
@@ -60,13 +65,28 @@ class ConfigError(FieldError):
     """A gateway config that is not valid; `field` is the key at fault."""
 
 
-Reader = Callable[[str], str]  # a file named in the config (`auth.keys_file`) -> its text
+Reader = Callable[[str], str | bytes]  # a file the config names (`auth.keys_file`) -> its content
 
 
 def load(text: str, *, env: Mapping[str, str], read: Reader | None = None) -> GatewayConfig:
     """Parse `gateway.yaml` text; `env` resolves the `*_env` fields (the CLI passes os.environ),
     `read` the files it names."""
     return parse(_yaml(text, "(file)"), env=env, read=read)
+
+
+def decode(data: bytes, *, what: str, field: str) -> str:
+    """The UTF-8 text of a file's bytes; a binary or compressed file is an error at `field`."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(e, what=what, field=field) from None
+
+
+def _not_utf8(e: UnicodeDecodeError, *, what: str, field: str) -> ConfigError:
+    byte = e.object[e.start]
+    return ConfigError(
+        f"{what} is not UTF-8 text (byte 0x{byte:02x} at offset {e.start})", field=field
+    )
 
 
 def parse(data: Any, *, env: Mapping[str, str], read: Reader | None = None) -> GatewayConfig:
@@ -96,6 +116,7 @@ def parse(data: Any, *, env: Mapping[str, str], read: Reader | None = None) -> G
         auth=_auth(top.section("auth", AuthConfig), env, read),
         limits=_limits(top.section("limits", LimitsConfig), env),
         server=_server(top.section("server", ServerConfig)),
+        metrics=_metrics(top.section("metrics", MetricsConfig), env),
     )
     admin.done()
     top.done()
@@ -108,7 +129,10 @@ class _Section:
 
     def __init__(self, raw: Any, path: str, of: type | None = None) -> None:
         if not isinstance(raw, dict):
-            raise ConfigError(f"`{path or '(top level)'}` must be a mapping", field=path or "(top)")
+            raise ConfigError(
+                f"`{path or '(top level)'}` must be a mapping, got {_shown(raw)}",
+                field=path or "(top)",
+            )
         self.raw = raw
         self.path = path
         self.of = of
@@ -142,7 +166,7 @@ class _Section:
             kinds = kind if isinstance(kind, tuple) else (kind,)
             want = " or ".join("mapping" if k is dict else k.__name__ for k in kinds)
             raise ConfigError(
-                f"`{self.name(key)}` must be {want}, got {value!r}", field=self.name(key)
+                f"`{self.name(key)}` must be {want}, got {_shown(value)}", field=self.name(key)
             )
         return value
 
@@ -164,21 +188,28 @@ class _Section:
             raise ConfigError(f"unknown field `{self.name(extra[0])}`", field=self.name(extra[0]))
 
 
-def parse_listen(text: str) -> tuple[str, int]:
-    """(host, port) from `host:port` (`[::1]:8080` for IPv6); errors name `listen`."""
+def parse_listen(text: str, field: str = "listen") -> tuple[str, int]:
+    """(host, port) from `host:port` (`[::1]:8080` for IPv6); errors name `field`."""
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"`listen` must be host:port, got {text!r}", field="listen")
+        raise ConfigError(f"`{field}` must be host:port, got {text!r}", field=field)
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def _backend(raw: Any, path: str, env: Mapping[str, str]) -> BackendConfig:
     s = _Section(raw, path, BackendConfig)
     url = s.get("url", str, None, required=True).rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # a port past 65535 or not a number raises only here
+    except ValueError as e:  # `http://[::1` (an unclosed IPv6 address), `http://h:99999`
         raise ConfigError(
-            f"`{path}.url` must be http(s)://host:port, got {url!r}", field=path + ".url"
+            f"`{path}.url` must be http(s)://host:port, got {_shown(url)}: {e}",
+            field=path + ".url",
+        ) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise ConfigError(
+            f"`{path}.url` must be http(s)://host:port, got {_shown(url)}", field=path + ".url"
         )
     model = s.get("model", str, None)
     models = tuple(s.get("models", list, [model] if model else []))
@@ -274,19 +305,81 @@ def _admission(s: _Section) -> AdmissionConfig:
 
 
 def _timeouts(s: _Section) -> TimeoutConfig:
+    """`timeouts`: connect_s, read_s, the deadlines first_byte_s and total_s, and `models`:
+    pattern -> {first_byte_s, total_s}, each unset one taken from the section's own."""
+    own = _deadlines(s, Deadlines())
+    models = s.section("models")
+    per_model = []
+    for pattern in models.raw:
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigError(
+                f"`{models.name(str(pattern))}`: a model name or pattern must be a "
+                "non-empty string",
+                field=models.path,
+            )
+        one = models.section(pattern)
+        per_model.append((pattern, _deadlines(one, own)))
+        one.done()
     config = TimeoutConfig(
         connect_s=s.positive("connect_s", float),
         read_s=s.positive("read_s", float),
+        deadlines=own,
+        models=tuple(per_model),
     )
     s.done()
     return config
 
 
-def _yaml(text: str, where: str) -> Any:
+def _deadlines(s: _Section, default: Deadlines) -> Deadlines:
+    total = s.positive("total_s", float, default.total_s)
+    # not given: the default's, within the total
+    first = s.positive("first_byte_s", float, min(default.first_byte_s, total))
+    if first > total:
+        raise ConfigError(
+            f"`{s.name('first_byte_s')}` ({first:g}) must not exceed "
+            f"`{s.name('total_s')}` ({total:g}), the whole request's deadline",
+            field=s.name("first_byte_s"),
+        )
+    return Deadlines(first_byte_s=first, total_s=total)
+
+
+def _yaml(text: str, where: str, what: str = "not valid YAML") -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"not valid YAML: {e}", field=where) from None
+        raise ConfigError(f"{what}: {_yaml_problem(e)}", field=where) from None
+    except RecursionError:  # `[[[[...` a few hundred deep: no config nests past a handful
+        raise ConfigError(f"{what}: nested too deeply", field=where) from None
+    except (ValueError, TypeError, AttributeError) as e:
+        # safe_load's own constructors raise these for a bad scalar: `2024-13-45`, `!!int x`
+        raise ConfigError(f"{what}: a value cannot be read ({_one_line(e)})", field=where) from None
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: the problem and where (its text spans several lines)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    if isinstance(e, yaml.reader.ReaderError) and isinstance(e.character, int):
+        return f"character #x{e.character:04x} at offset {e.position}: {e.reason}"
+    return " ".join(str(e).split())
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """`value` as an error message quotes it: its repr, cut at `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _path(path: str) -> str:
+    """A file name as a message shows it: quoted where it holds a NUL or a newline."""
+    return path if path.isprintable() else _shown(path)
+
+
+def _one_line(e: Exception, limit: int = 200) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _auth(s: _Section, env: Mapping[str, str], read: Reader | None) -> AuthConfig:
@@ -295,12 +388,10 @@ def _auth(s: _Section, env: Mapping[str, str], read: Reader | None) -> AuthConfi
     if path is not None:
         if read is None:
             raise ConfigError("`auth.keys_file` cannot be read here", field="auth.keys_file")
-        try:
-            listed = _yaml(read(path), "auth.keys_file")
-        except OSError as e:
-            raise ConfigError(
-                f"`auth.keys_file`: cannot read {path}: {e.strerror}", field="auth.keys_file"
-            ) from None
+        text = _keys_text(read, path)
+        listed = _yaml(
+            text, "auth.keys_file", f"`auth.keys_file` ({_path(path)}) is not valid YAML"
+        )
         if not isinstance(listed, list):
             raise ConfigError("`auth.keys_file` must hold a list of keys", field="auth.keys_file")
         entries += [(e, f"auth.keys_file[{i}]") for i, e in enumerate(listed)]
@@ -308,11 +399,28 @@ def _auth(s: _Section, env: Mapping[str, str], read: Reader | None) -> AuthConfi
         _client_key(e, where, env, in_file=where.startswith("auth.keys_file"))
         for e, where in entries
     )
+    seen: set[str] = set()  # a set, not a scan of those before: a keys file may list many
     for i, k in enumerate(keys):
-        if any(k.sha256 == other.sha256 for other in keys[:i]):
+        if k.sha256 in seen:
             raise ConfigError(f"key {k.name!r} is listed twice", field=entries[i][1])
+        seen.add(k.sha256)
     s.done()
     return AuthConfig(keys=keys)
+
+
+def _keys_text(read: Reader, path: str) -> str:
+    """The keys file's text; a file that cannot be read or is not UTF-8 names `auth.keys_file`."""
+    what = f"`auth.keys_file` ({_path(path)})"
+    try:
+        data = read(path)
+    except UnicodeDecodeError as e:  # a reader that decodes itself (`Path.read_text`)
+        raise _not_utf8(e, what=what, field="auth.keys_file") from None
+    except (OSError, ValueError) as e:  # ValueError: a path with a NUL byte in it
+        why = e.strerror if isinstance(e, OSError) and e.strerror else _one_line(e)
+        raise ConfigError(
+            f"`auth.keys_file`: cannot read {_path(path)}: {why}", field="auth.keys_file"
+        ) from None
+    return data if isinstance(data, str) else decode(data, what=what, field="auth.keys_file")
 
 
 def _client_key(raw: Any, path: str, env: Mapping[str, str], *, in_file: bool) -> ClientKey:
@@ -353,7 +461,7 @@ def _limits(s: _Section, env: Mapping[str, str]) -> LimitsConfig:
     if url and from_env:
         raise ConfigError("give `limits.redis_url` or `redis_url_env`, not both", field="limits")
     url = url or from_env
-    if url is not None and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+    if url is not None and _scheme(url) not in ("redis", "rediss", "unix"):
         raise ConfigError(
             # not echoed: the URL may carry a password
             "`limits.redis_url` must be redis://host:port/db (or rediss://, unix://)",
@@ -370,13 +478,34 @@ def _limits(s: _Section, env: Mapping[str, str]) -> LimitsConfig:
     return config
 
 
+def _scheme(url: str) -> str | None:
+    """The URL's scheme; None where it does not parse (`redis://[::1`)."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # a port past 65535 raises only when read
+    except ValueError:
+        return None
+    return parts.scheme
+
+
 def _server(s: _Section) -> ServerConfig:
     config = ServerConfig(
         max_connections=s.positive("max_connections", int),
+        max_connections_per_client=s.positive("max_connections_per_client", int),
         header_timeout_s=s.positive("header_timeout_s", float),
         body_timeout_s=s.positive("body_timeout_s", float),
         drain_timeout_s=s.positive("drain_timeout_s", float),
         send_timeout_s=s.positive("send_timeout_s", float),
+    )
+    s.done()
+    return config
+
+
+def _metrics(s: _Section, env: Mapping[str, str]) -> MetricsConfig:
+    listen = s.get("listen", str, None)
+    config = MetricsConfig(
+        listen=parse_listen(listen, s.name("listen")) if listen is not None else None,
+        key=_secret(s, "key_env", env),
     )
     s.done()
     return config

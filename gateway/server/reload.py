@@ -96,13 +96,20 @@ class Reloader:
             try:
                 config = await asyncio.to_thread(self.load)  # file reads stay off the loop
             except (ConfigError, OSError) as e:
-                field = e.field if isinstance(e, ConfigError) else "(file)"
-                self.metrics.child(self.metrics.reloads, "error").inc()
-                log.error("reload rejected, the running config stays: %s: %s", field, e)
-                return Outcome(ok=False, error=str(e), param=field)
+                return self._rejected(str(e), e.field if isinstance(e, ConfigError) else "(file)")
+            except Exception as e:  # a SIGHUP's task has no one to raise it to
+                # Whatever the loader missed still leaves the running config, as one log line.
+                log.debug("reload: the config did not load", exc_info=True)
+                why = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+                return self._rejected(f"the config did not load: {why}", "(file)")
             outcome = self.apply(config)
         log.warning("reloaded: %s", outcome.as_dict())
         return outcome
+
+    def _rejected(self, error: str, field: str) -> Outcome:
+        self.metrics.child(self.metrics.reloads, "error").inc()
+        log.error("reload rejected, the running config stays: %s: %s", field, error)
+        return Outcome(ok=False, error=error, param=field)
 
     def apply(self, new: GatewayConfig) -> Outcome:
         outcome = Outcome(ok=True, restart_needed=self.loaded.restart_changes(new))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field, replace
 
 POLICIES = ("round_robin", "least_outstanding", "engine_aware", "affinity")
@@ -51,9 +52,25 @@ class AdmissionConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Deadlines:
+    """A request's deadlines at the backends. first_byte_s: from sending it to a backend to the
+    answer's headers (and, for a stream, its first whole event), per attempt; total_s: from its
+    arrival to the answer's end, all attempts together."""
+
+    first_byte_s: float = 600.0  # a long prompt's prefill on a loaded engine is silent this long
+    total_s: float = 3600.0
+
+
+@dataclass(frozen=True, kw_only=True)
 class TimeoutConfig:
     connect_s: float = 3.0
     read_s: float = 600.0  # between two reads: a long prefill under load is silent this long
+    deadlines: Deadlines = field(default_factory=Deadlines)
+    # a model's own, by name or shell-style pattern (`deepseek-r1*`), the first match winning
+    models: tuple[tuple[str, Deadlines], ...] = ()
+
+    def for_model(self, model: str) -> Deadlines:
+        return next((d for p, d in self.models if fnmatch.fnmatchcase(model, p)), self.deadlines)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,15 +123,27 @@ class LimitsConfig:
 @dataclass(frozen=True, kw_only=True)
 class ServerConfig:
     max_connections: int = 4096  # open client connections; beyond it, 503 and close
+    # from one client address; behind a proxy (one address for all) raise it to max_connections
+    max_connections_per_client: int = 1024
     header_timeout_s: float = 15.0  # a request's head (and an idle keep-alive) within this
     body_timeout_s: float = 30.0  # the whole body within this, else 408
     drain_timeout_s: float = 30.0  # SIGTERM: in-flight requests get this long to finish
     send_timeout_s: float = 60.0  # a stream whose client reads nothing this long is cut (nginx's)
 
 
+@dataclass(frozen=True, kw_only=True)
+class MetricsConfig:
+    """Where /metrics is served and who may read it (and /readyz, which names the backends)."""
+
+    # host:port of their own, outside the connection caps and open until the drain ends: then
+    # /metrics is served only there (/healthz and /readyz on both); None: the API's address
+    listen: tuple[str, int] | None = None
+    key: str | None = None  # resolved from `metrics.key_env`; None: open, as Prometheus expects
+
+
 # Settings bound when the gateway starts (its socket, its server, its upstream session): a reload
 # reports a change to one of them as needing a restart, and the running gateway keeps its value.
-RESTART_ONLY = ("host", "port", "server", "timeouts", "max_body_bytes")
+RESTART_ONLY = ("host", "port", "server", "timeouts", "max_body_bytes", "metrics")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,6 +161,7 @@ class GatewayConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def restart_changes(self, new: GatewayConfig) -> list[str]:
         """The settings that differ in `new` and only a restart applies."""
