@@ -130,7 +130,7 @@ async def test_connections_over_the_cap_get_503_and_are_closed(gw: Fleet) -> Non
         assert answer.startswith(b"HTTP/1.1 503"), answer
         body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
         assert body["error"]["code"] == "too_many_connections"
-        assert gw.sample("gateway_refused_connections_total") == 1
+        assert gw.sample("gateway_refused_connections_total", reason="total") == 1
         assert gw.sample("gateway_open_connections") == SERVER["max_connections"]
     finally:
         for s in idle:

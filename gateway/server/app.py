@@ -20,7 +20,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from gateway.server import validation
 from gateway.server.admission import Admission
-from gateway.server.auth import Keyring, check_admin
+from gateway.server.auth import Keyring, check_admin, check_key
 from gateway.server.backend import Backend
 from gateway.server.bucket import LocalStore
 from gateway.server.config import GatewayConfig
@@ -37,6 +37,7 @@ from gateway.server.errors import (
     UndecodableBody,
 )
 from gateway.server.health import Prober
+from gateway.server.inflate import Inflater
 from gateway.server.limits import Limiter, Ticket
 from gateway.server.metrics import GatewayMetrics
 from gateway.server.policy import RouteRequest, make_policy
@@ -52,6 +53,7 @@ registry_key = web.AppKey("registry_key", CollectorRegistry)
 metrics_key = web.AppKey("metrics_key", GatewayMetrics)
 backends_key = web.AppKey("backends_key", list[Backend])
 admission_key = web.AppKey("admission_key", Admission)
+inflater_key = web.AppKey("inflater_key", Inflater)  # compressed bodies (inflate.py)
 client_key = web.AppKey("client_key", aiohttp.ClientSession)
 proxy_key = web.AppKey("proxy_key", Proxy)
 prober_key = web.AppKey("prober_key", Prober)
@@ -94,6 +96,8 @@ def create_app(
     app[backends_key] = backends
     app[admission_key] = Admission(backends, policy, config.admission, metrics)
     metrics.watch(backends, queue_depth=lambda: len(app[admission_key].queue))
+    app[inflater_key] = inflater = Inflater(max_bytes=config.max_body_bytes)
+    metrics.watch_inflater(running=lambda: inflater.running, waiting=lambda: inflater.waiting)
     app.cleanup_ctx.append(limiter_ctx)
     app.cleanup_ctx.append(client_ctx)
     app.cleanup_ctx.append(prober_ctx)
@@ -108,10 +112,23 @@ def create_app(
     app.router.add_get("/v1/models/{model:.+}", model)  # ids may hold a slash (org/name)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    if config.metrics.listen is None:  # else only at its own address: see ops_app
+        app.router.add_get("/metrics", _metrics(registry))
     app.router.add_get("/admin/backends", admin_backends)
     app.router.add_post("/admin/reload", admin_reload)
     return app
+
+
+def ops_app(app: web.Application) -> web.Application:
+    """The gateway `app`'s /metrics, /healthz and /readyz, for an address of their own
+    (`metrics.listen`): outside the connection caps, and open until the drain ends."""
+    ops = web.Application(middlewares=[error_middleware])
+    ops[live_key] = app[live_key]
+    ops[backends_key] = app[backends_key]  # changed in place by reloads: always the live list
+    ops.router.add_get("/metrics", _metrics(app[registry_key]))
+    ops.router.add_get("/healthz", healthz)
+    ops.router.add_get("/readyz", readyz)
+    return ops
 
 
 # -- resources -------------------------------------------------------------------------------
@@ -327,17 +344,20 @@ def _settle(limiter: Limiter, ticket: Ticket, call: Call | None, body: dict[str,
 async def _body(request: web.Request) -> bytes:
     config = request.app[live_key].config
     server = config.server
+    encoding = request.headers.get("Content-Encoding")
     try:
+        if encoding is not None and (encoding := encoding.strip().lower()) != "identity":
+            # inflated here, not by aiohttp's parser (runner.start turns it off): bounded
+            inflater = request.app[inflater_key]
+            return await inflater.read(request, encoding, timeout_s=server.body_timeout_s)
         if request.content.is_eof():  # all of it arrived with the headers: nothing to wait for
             return await request.read()
         async with asyncio.timeout(server.body_timeout_s):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"request body exceeds {config.max_body_bytes} bytes") from None
-    except web.RequestPayloadError as e:  # a body that is not the gzip (or br) it claims to be
-        encoding = request.headers.get("Content-Encoding")
-        what = f"not valid {encoding}, its Content-Encoding" if encoding else f"malformed: {e}"
-        raise UndecodableBody(f"request body is {what}") from None
+    except web.RequestPayloadError as e:  # its framing broken (chunks, length)
+        raise UndecodableBody(f"request body is malformed: {e}") from None
     except TimeoutError:
         raise RequestTimeout(
             f"request body not received within {server.body_timeout_s:g} s"
@@ -395,8 +415,20 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+def _metrics(registry: CollectorRegistry) -> Callable[[web.Request], Awaitable[web.Response]]:
+    exposition = make_aiohttp_handler(registry)
+
+    async def metrics(request: web.Request) -> web.Response:
+        check_key(request.headers, request.app[live_key].config.metrics.key, "metrics.key_env")
+        return await exposition(request)
+
+    return metrics
+
+
 async def readyz(request: web.Request) -> web.Response:
-    """503 while no backend is up, and while draining, so load balancers send traffic elsewhere."""
+    """503 while no backend is up, and while draining, so load balancers send traffic elsewhere.
+    It names the backends: with `metrics.key_env` set it wants that key too."""
+    check_key(request.headers, request.app[live_key].config.metrics.key, "metrics.key_env")
     up = [b.name for b in request.app[backends_key] if b.up]
     draining = request.app[live_key].draining
     ready = bool(up) and not draining

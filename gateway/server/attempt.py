@@ -33,6 +33,15 @@ class BrokenStream(Exception):
     """A backend's SSE stream that is not one: garbage, or cut short without `[DONE]`."""
 
 
+class Deadline(TimeoutError):
+    """A request's deadline passed at a backend: `stage` is first_byte or total."""
+
+    def __init__(self, stage: str, seconds: float) -> None:
+        what = "first byte" if stage == "first_byte" else "whole answer"
+        super().__init__(f"no {what} within the {seconds:g} s deadline (timeouts.{stage}_s)")
+        self.stage = stage
+
+
 class Retry(Exception):
     """This attempt failed before any byte reached the client."""
 

@@ -50,6 +50,13 @@ def check_admin(headers: Mapping[str, str], admin_key: str | None) -> None:
     """Raise unless the request carries the admin key (and the admin API is on)."""
     if admin_key is None:
         raise NotFound("the admin API is off: set `admin.key_env` in gateway.yaml")
+    check_key(headers, admin_key, "admin.key_env")
+
+
+def check_key(headers: Mapping[str, str], key: str | None, setting: str) -> None:
+    """Raise unless the request carries `key` (None: no key needed); `setting` names it."""
+    if key is None:
+        return
     given = bearer(headers).encode("utf-8", "surrogateescape")
-    if not hmac.compare_digest(given, admin_key.encode()):
-        raise Unauthorized("admin key required: `Authorization: Bearer <admin key>`")
+    if not hmac.compare_digest(given, key.encode()):
+        raise Unauthorized(f"key required (`{setting}`): `Authorization: Bearer <key>`")

@@ -82,17 +82,34 @@ class GatewayMetrics:
         self.reloads = Counter("gateway_config_reloads", "Configuration reloads.", ("result",), **r)
         self.connections = Gauge("gateway_open_connections", "Client connections open.", **r)
         self.refused = Counter(
-            "gateway_refused_connections", "Connections closed at once: over the cap.", **r
-        )
+            "gateway_refused_connections",
+            "Connections closed at once: over the cap (total, or per_client address).",
+            ("reason",), **r,
+        )  # fmt: skip
+        self.deadline_misses = Counter(
+            "gateway_deadline_misses", "Attempts past a deadline (timeouts.first_byte_s, total_s).",
+            ("backend", "stage"), **r,
+        )  # fmt: skip
         self.worker_restarts = Counter(
             "gateway_worker_restarts", "Worker processes restarted after they died.", **r
         )
+        self.inflating = Gauge(
+            "gateway_inflating_bodies", "Compressed request bodies being inflated now.", **r
+        )
+        self.inflation_queue = Gauge(
+            "gateway_inflation_queue_depth", "Compressed request bodies waiting to be inflated.",
+            **r,
+        )  # fmt: skip
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def watch(self, backends: Sequence[Backend], *, queue_depth: Callable[[], float]) -> None:
         """Gauges read live state at scrape time, so requests never pay for them."""
         self.watch_backends(backends)
         self.queue_depth.set_function(queue_depth)
+
+    def watch_inflater(self, *, running: Callable[[], float], waiting: Callable[[], float]) -> None:
+        self.inflating.set_function(running)
+        self.inflation_queue.set_function(waiting)
 
     def watch_backends(self, backends: Sequence[Backend]) -> None:
         for b in backends:

@@ -17,6 +17,7 @@ from gateway.server.admission import Admission
 from gateway.server.attempt import (
     RETRY_STATUS,
     BrokenStream,
+    Deadline,
     Retry,
     describe,
     error_message,
@@ -27,7 +28,7 @@ from gateway.server.attempt import (
     well_formed,
 )
 from gateway.server.backend import Backend
-from gateway.server.config import GatewayConfig
+from gateway.server.config import Deadlines, GatewayConfig
 from gateway.server.drain import InFlight
 from gateway.server.errors import (
     SHUTTING_DOWN,
@@ -96,6 +97,7 @@ class Proxy:
         self.admission = admission
         self.metrics = metrics
         self.inflight = InFlight()
+        self._by_model: dict[str, Deadlines] = {}  # each model's deadlines, found once
         self._loop = asyncio.get_running_loop()
         self.prefill = PrefillLegs(session, metrics, strike=self._strike, failed=self._failed)
         self.sends = SendWatch(
@@ -104,11 +106,15 @@ class Proxy:
 
     def reconfigure(self, config: GatewayConfig) -> None:
         self.config = config
+        self._by_model.clear()
 
     async def forward(self, request: web.Request, call: Call) -> web.StreamResponse:
         tried: list[Backend] = []
         failed: list[Retry] = []
+        end_s = call.start_s + self._deadlines(call.route.model).total_s
         for _ in range(self.config.max_attempts):
+            if failed and self._loop.time() >= end_s:
+                break  # the request's deadline passed: no time for another backend
             try:
                 backend, waited = await self.admission.acquire(call.route, exclude=tried)
             except NoBackend:
@@ -176,26 +182,61 @@ class Proxy:
     async def _exchange(
         self, request: web.Request, call: Call, backend: Backend, body: bytes, headers: dict
     ) -> web.StreamResponse:
-        up = None
+        deadlines = self._deadlines(call.route.model)
+        end_s = call.start_s + deadlines.total_s
+        up, timer = None, None
         try:
-            try:
-                up = await post(self.session, backend.url + call.path, data=body, headers=headers)
-            except UPSTREAM_ERRORS as e:
-                raise self._failed(backend, e) from None
+            try:  # the first byte, within its deadline and the request's
+                first_s = min(deadlines.first_byte_s, end_s - self._loop.time())
+                async with asyncio.timeout(first_s):
+                    up, head = await self._first_byte(call, backend, body, headers)
+            except TimeoutError:
+                stage = "first_byte" if first_s >= deadlines.first_byte_s else "total"
+                seconds = first_s if stage == "first_byte" else deadlines.total_s
+                raise self._failed(backend, Deadline(stage, seconds)) from None
+            # the rest of the answer within the request's deadline: past it, its reads fail
+            timer = self._loop.call_at(end_s, self._expire, up, deadlines.total_s)
             if up.status in RETRY_STATUS:
                 raise await self._refused(backend, up)
-            if call.stream and up.status == 200:
-                return await self._relay(request, call, backend, up)
+            if head is not None:
+                return await self._relay(request, call, backend, up, head)
             return await self._whole(call, backend, up)
         except asyncio.CancelledError:  # the client went away, before or after the headers
             # (or the drain deadline passed: the caller answers 503)
-            self._finish(
-                call, backend, "503" if self.inflight.cutting else "499", self._loop.time()
-            )
+            code = "503" if self.inflight.cutting else "499"
+            self._finish(call, backend, code, self._loop.time())
             raise
         finally:
+            if timer is not None:
+                timer.cancel()
             if up is not None:  # a no-op after a full read; else frees the backend's slot now
                 up.close()
+
+    async def _first_byte(
+        self, call: Call, backend: Backend, body: bytes, headers: dict
+    ) -> tuple[aiohttp.ClientResponse, bytes | None]:
+        """The backend's answer headers and, for a stream, its first whole event (checked)."""
+        try:
+            up = await post(self.session, backend.url + call.path, data=body, headers=headers)
+        except UPSTREAM_ERRORS as e:
+            raise self._failed(backend, e) from None
+        if not (call.stream and up.status == 200):
+            return up, None
+        try:
+            return up, await self._first_event(backend, up.content)
+        except BaseException:
+            up.close()
+            raise
+
+    @staticmethod
+    def _expire(up: aiohttp.ClientResponse, total_s: float) -> None:
+        up.content.set_exception(Deadline("total", total_s))
+
+    def _deadlines(self, model: str) -> Deadlines:
+        found = self._by_model.get(model)
+        if found is None:
+            found = self._by_model[model] = self.config.timeouts.for_model(model)
+        return found
 
     async def _whole(
         self, call: Call, backend: Backend, up: aiohttp.ClientResponse
@@ -231,7 +272,12 @@ class Proxy:
         return web.json_response(error.body(), status=status, headers=self._headers(call, {}))
 
     async def _relay(
-        self, request: web.Request, call: Call, backend: Backend, up: aiohttp.ClientResponse
+        self,
+        request: web.Request,
+        call: Call,
+        backend: Backend,
+        up: aiohttp.ClientResponse,
+        head: bytes,
     ) -> web.StreamResponse:
         model = call.route.model
         m = self.metrics
@@ -240,10 +286,9 @@ class Proxy:
             ttft=m.child(m.ttft, model).observe,
             itl=m.child(m.itl, model).observe,
         )
-        # Its headers go out with the first whole event (see _pump).
         resp = web.StreamResponse(headers=self._headers(call, SSE_HEADERS))
         try:
-            return await self._pump(request, call, backend, up, resp, meter)
+            return await self._pump(request, call, backend, up, head, resp, meter)
         except asyncio.CancelledError:
             if resp.prepared and self.inflight.cancelled_by_cut():
                 # the drain deadline passed mid-stream: end it as a failed answer, in-band
@@ -262,13 +307,13 @@ class Proxy:
         call: Call,
         backend: Backend,
         up: aiohttp.ClientResponse,
+        chunk: bytes,
         resp: web.StreamResponse,
         meter: StreamMeter,
     ) -> web.StreamResponse:
+        """Relay from the first whole event on (`chunk`: what came with it). Headers go out only
+        with it, so a backend that fails or sends nonsense before it can still be retried."""
         content, loop = up.content, self._loop
-        # Headers go out with the first whole event, so a backend that fails or sends nonsense
-        # before it can still be retried elsewhere.
-        chunk = await self._first_event(backend, content)
         await resp.prepare(request)
         framer, last = EventFramer(), b""
         while chunk:
@@ -354,6 +399,8 @@ class Proxy:
         """The backend died mid-stream: tell the client in-band, as OpenAI does, and end."""
         if isinstance(error, BrokenStream | TimeoutError):
             self._strike(backend, error)
+            if isinstance(error, Deadline):
+                self.metrics.child(self.metrics.deadline_misses, backend.name, error.stage).inc()
         else:
             self._eject(backend, error)
         self.metrics.child(self.metrics.stream_errors, backend.name).inc()
@@ -377,7 +424,10 @@ class Proxy:
             pass  # the client left too; nothing to tell
 
     async def _refused(self, backend: Backend, up: aiohttp.ClientResponse) -> Retry:
-        text = error_message(await up.read())
+        try:
+            text = error_message(await up.read())
+        except UPSTREAM_ERRORS as e:  # cut, or past the deadline, as it explained itself
+            return self._failed(backend, e)
         now = self._loop.time()
         h = self.config.health
         if up.status == 503:
@@ -396,6 +446,8 @@ class Proxy:
         once); a timeout may be the request's (a strike)."""
         timeout = isinstance(error, TimeoutError)
         (self._strike if timeout else self._eject)(backend, error)
+        if isinstance(error, Deadline):
+            self.metrics.child(self.metrics.deadline_misses, backend.name, error.stage).inc()
         reason = "timeout" if timeout else "connect" if is_connect(error) else "disconnect"
         return Retry(reason, f"{backend.name}: {describe(error)}", timeout=timeout)
 

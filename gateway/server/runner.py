@@ -24,7 +24,14 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.server.app import create_app, live_key, metrics_key, proxy_key, reloader_key
+from gateway.server.app import (
+    create_app,
+    live_key,
+    metrics_key,
+    ops_app,
+    proxy_key,
+    reloader_key,
+)
 from gateway.server.bucket import LocalStore
 from gateway.server.config import GatewayConfig
 from gateway.server.connections import CappedSite
@@ -45,12 +52,19 @@ async def start(
     port: int = 0,
     reuse_port: bool = False,
     shutdown_timeout: float = 10.0,
+    ops_sock: socket.socket | None = None,
 ) -> web.AppRunner:
     """Serve `app` on `sock`, or on host:port; the caller cleans the runner up.
 
-    A gateway app gets its `server` settings: the connection cap, and the header timeout."""
+    A gateway app gets its `server` settings: the connection caps, and the header timeout; and
+    with `metrics.listen`, its operations endpoints there (on `ops_sock`, if bound already)."""
     server = app[live_key].config.server if live_key in app else None
-    kwargs = {} if server is None else {"keepalive_timeout": server.header_timeout_s}
+    # auto_decompress off: the gateway inflates compressed bodies itself, bounded (inflate.py)
+    kwargs = (
+        {}
+        if server is None
+        else {"keepalive_timeout": server.header_timeout_s, "auto_decompress": False}
+    )
     # handler_cancellation: a client that disconnects cancels its handler, which closes the
     # upstream connection, which frees the engine's slot. keepalive_timeout also bounds how long
     # a connection may take to send a request's head: aiohttp closes one still waiting then.
@@ -61,23 +75,36 @@ async def start(
         shutdown_timeout=shutdown_timeout,
         **kwargs,
     )
+    listen = app[live_key].config.metrics.listen if server is not None else None
+    if listen is not None:
+        ops = await _start_ops(app, ops_sock or bound_socket(*listen))
+        app.on_cleanup.append(lambda _: ops.cleanup())  # last: /readyz answers through a drain
     await runner.setup()
     site: web.BaseSite
     if server is not None:
         metrics = app[metrics_key]
         sock = sock or bound_socket(host, port)
-        site = CappedSite(
-            runner, sock, max_connections=server.max_connections, on_refuse=metrics.refused.inc
+        site = capped = CappedSite(
+            runner,
+            sock,
+            max_connections=server.max_connections,
+            max_per_client=server.max_connections_per_client,
+            on_refuse=lambda reason: metrics.child(metrics.refused, reason).inc(),
         )
-        metrics.connections.set_function(
-            lambda: len(runner.server.connections) if runner.server else 0
-        )
+        metrics.connections.set_function(lambda: capped.open)
     elif sock is not None:
         site = web.SockSite(runner, sock)
     else:
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
     await site.start()
     return runner
+
+
+async def _start_ops(app: web.Application, sock: socket.socket) -> web.AppRunner:
+    ops = web.AppRunner(ops_app(app), access_log=None, shutdown_timeout=CUT_GRACE_S)
+    await ops.setup()
+    await web.SockSite(ops, sock).start()
+    return ops
 
 
 def bound_socket(host: str, port: int) -> socket.socket:
@@ -100,21 +127,33 @@ def serve(config: GatewayConfig, *, workers: int = 1, load: Loader | None = None
     _logging()
     sock = bound_socket(config.host, config.port)
     port = sock.getsockname()[1]
+    listen = config.metrics.listen
+    ops_sock = bound_socket(*listen) if listen is not None else None
     # Listening before the workers start, so that their first requests wait for an answer.
     tmp = tempfile.mkdtemp(prefix="cardinal-limits-") if workers > 1 else None
     limits_sock = _unix_socket(str(Path(tmp) / "limits.sock")) if tmp else None
     path = limits_sock.getsockname() if limits_sock else None
     others = Workers(_worker, (config, port, load, path), workers - 1) if workers > 1 else None
     policy = config.routing.policy
+    ops = (
+        f"; /metrics at http://{config.metrics.listen[0]}:{ops_sock.getsockname()[1]}"
+        if ops_sock
+        else ""
+    )
     print(
         f"gateway: http://{config.host}:{port} -> {len(config.backends)} backends, "
-        f"routing {policy}, {workers} worker{'s' if workers > 1 else ''}",
+        f"routing {policy}, {workers} worker{'s' if workers > 1 else ''}{ops}",
         flush=True,
     )
     try:
         run(
             _serve_until_signal(
-                config, sock=sock, load=load, workers=others, limits_sock=limits_sock
+                config,
+                sock=sock,
+                ops_sock=ops_sock,
+                load=load,
+                workers=others,
+                limits_sock=limits_sock,
             )
         )
     finally:
@@ -155,6 +194,7 @@ async def _serve_until_signal(
     config: GatewayConfig,
     *,
     sock: socket.socket | None = None,
+    ops_sock: socket.socket | None = None,
     port: int = 0,
     load: Loader | None = None,
     workers: Workers | None = None,
@@ -181,7 +221,13 @@ async def _serve_until_signal(
     shared = await start(store_app(store), sock=limits_sock) if limits_sock else None
     # The drain below waits for the requests; aiohttp's own shutdown only closes what is left.
     runner = await start(
-        app, sock=sock, host=config.host, port=port, reuse_port=True, shutdown_timeout=CUT_GRACE_S
+        app,
+        sock=sock,
+        ops_sock=ops_sock,
+        host=config.host,
+        port=port,
+        reuse_port=True,
+        shutdown_timeout=CUT_GRACE_S,
     )
     tasks: set[asyncio.Task[object]] = set()
 
