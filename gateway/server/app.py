@@ -306,15 +306,19 @@ async def _forward(request: web.Request, path: str) -> web.StreamResponse:
         parsed = validation.parse_body(body)
         validation.check(path, parsed)
         policy = app[admission_key].policy
+        stream = parsed.get("stream", False) and path in (validation.CHAT, validation.COMPLETIONS)
+        client_usage = stream and validation.asks_usage(parsed)
         call = Call(
             path=path,
-            body=body,
+            # a stream asks the backend for its usage, to charge and count what it generated
+            body=validation.with_usage(body, parsed) if stream and not client_usage else body,
             route=RouteRequest(
                 model=parsed["model"],
                 key=_affinity_key(request, parsed) if policy.needs_key else None,
             ),
-            stream=parsed.get("stream", False)
-            and path in (validation.CHAT, validation.COMPLETIONS),
+            stream=stream,
+            client_usage=client_usage,
+            max_tokens=validation.max_tokens(parsed),
             request_id=request[request_id_key],
             start_s=start_s,
             headers=ticket.headers if ticket is not None else {},

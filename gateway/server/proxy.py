@@ -46,7 +46,13 @@ from gateway.server.metrics import GatewayMetrics
 from gateway.server.pd import PrefillLegs
 from gateway.server.policy import RouteRequest
 from gateway.server.sendwatch import SendWatch
-from gateway.server.sse import EVENT_END, EventFramer, StreamMeter, body_usage
+from gateway.server.sse import (
+    EVENT_END,
+    EventFramer,
+    StreamMeter,
+    body_usage,
+    without_usage_events,
+)
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -80,6 +86,8 @@ class Call:
     request_id: str
     start_s: float
     headers: Mapping[str, str] = field(default_factory=dict)  # for the client's response
+    client_usage: bool = False  # a stream whose client asked for its usage event
+    max_tokens: int | None = None  # the request's cap on what it generates, if it gave one
     tally: Tally = field(default_factory=Tally)
 
 
@@ -205,6 +213,9 @@ class Proxy:
             # (or the drain deadline passed: the caller answers 503)
             code = "503" if self.inflight.cutting else "499"
             self._finish(call, backend, code, self._loop.time())
+            if code == "499" and not call.stream and call.max_tokens:
+                # what the backend generated before it was told is unknown: charge the most
+                call.tally.prompt, call.tally.completion = 0, call.max_tokens
             raise
         finally:
             if timer is not None:
@@ -325,6 +336,8 @@ class Proxy:
             if events:
                 meter.feed(events, loop.time())
                 last = events[-64:]
+                if not call.client_usage and (b'"usage":{' in events or b'"usage": {' in events):
+                    events = without_usage_events(events)  # asked for by the gateway, not shown
                 try:
                     await self.sends.write(request, resp, events)
                 except ConnectionResetError:

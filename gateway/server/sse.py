@@ -70,9 +70,8 @@ class StreamMeter:
         n = chunk.count(b"data:")
         if b"[DONE]" in chunk:
             n -= 1
-        if b'"usage"' in chunk:
-            self._read_usage(chunk)
-            n -= 1
+        if b'"usage"' in chunk and self._read_usage(chunk) and _usage_only(chunk):
+            n -= 1  # the usage event is no token (SGLang's `"usage": null` on each one is none)
         if n > 0:
             # Events that arrive in one read share the gap since the previous read.
             gap = (now - self.last_s) / n
@@ -98,8 +97,28 @@ class StreamMeter:
         if self.first_s is not None:
             self._head = b""
 
-    def _read_usage(self, chunk: bytes) -> None:
-        self.usage.update(usage(chunk))
+    def _read_usage(self, chunk: bytes) -> bool:
+        found = usage(chunk)
+        self.usage.update(found)
+        return bool(found)
+
+
+def _usage_only(chunk: bytes) -> bool:
+    """Does `chunk` hold the usage-only event (`"choices": []`) that include_usage adds?"""
+    return b'"choices":[]' in chunk or b'"choices": []' in chunk
+
+
+def without_usage_events(ready: bytes) -> bytes:
+    """Whole events `ready` less the usage-only ones: those the gateway asked for for its own
+    count, from a client that did not. CR LF events pass as they are (no engine sends them)."""
+    if b"\r" in ready:
+        return ready
+    kept = []
+    for event in ready.split(b"\n\n"):
+        if b'"usage"' in event and _usage_only(event) and usage(event):
+            continue
+        kept.append(event)
+    return b"\n\n".join(kept)
 
 
 def _is_token(event: bytes) -> bool:

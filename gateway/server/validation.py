@@ -47,6 +47,29 @@ def check_headers(headers: Mapping[str, str]) -> None:
         )
 
 
+def asks_usage(body: dict[str, Any]) -> bool:
+    """Does a stream request ask for its usage (`stream_options.include_usage`)?"""
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def with_usage(raw: bytes, body: dict[str, Any]) -> bytes:
+    """The stream request `raw` (parsed: `body`) asking for its usage as well. Without
+    `stream_options` the field is written in before the others (no new encoding of the body);
+    with them, the body is encoded again with `include_usage` set."""
+    if "stream_options" not in body:
+        at = raw.index(b"{") + 1  # a JSON object, as parse_body found it
+        return raw[:at] + b'"stream_options":{"include_usage":true},' + raw[at:]
+    options = {**body["stream_options"], "include_usage": True}
+    return json.dumps({**body, "stream_options": options}).encode()
+
+
+def max_tokens(body: dict[str, Any]) -> int | None:
+    """The most tokens the request lets the backend generate, where it says."""
+    cap = body.get("max_completion_tokens", body.get("max_tokens"))
+    return cap if isinstance(cap, int) and not isinstance(cap, bool) else None
+
+
 def parse_body(body: bytes) -> dict[str, Any]:
     """The body as a JSON object, from UTF-8 without a byte order mark (RFC 8259), with no lone
     surrogates in its strings; NaN, Infinity and absurd nesting are refused too."""
