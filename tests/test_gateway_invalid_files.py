@@ -28,7 +28,7 @@ from tests.gateway_harness import MODEL, gateway_config, request, serve, start_c
 from tests.process_harness import CARDINAL
 
 ADMIN = {"Authorization": "Bearer secret"}
-ENV = {"ADMIN_KEY": "secret"}
+ENV = {"ADMIN_KEY": "secret", "SPACED_KEY": "sk-spaced "}  # a key no header can carry
 KEYS = "auth:\n  keys_file: keys.yaml\n"  # appended to a good config
 
 
@@ -86,6 +86,11 @@ CASES = {
         lambda g: b"listen: !!python/object/apply:os.system ['true']\n",
         "(file)",
         "could not determine a constructor",
+    ),
+    "key-with-whitespace": Bad(
+        lambda g: g.encode() + b"auth: {keys: [{name: a, key_env: SPACED_KEY}]}\n",
+        "auth.keys[0].key_env",
+        "starts or ends with whitespace",
     ),
     "bad-date": Bad(lambda g: g.encode() + b"surprise: 2024-13-45\n", "(file)", "month must be"),
 }
