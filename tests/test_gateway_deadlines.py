@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.server.app import backends_key, create_app
 from gateway.server.config import parse
+from gateway.server.deadline import TICK_S, DeadlineWatch
 from tests.gateway_harness import MODEL, Served, fake_upstream, serve
 
 DRIP_S = 0.2  # each gap, far below read_s
@@ -165,3 +166,25 @@ async def test_a_models_own_deadline_overrides_the_default() -> None:
         await gw.stop()
         await up.stop()
     assert status == 504 and 0.55 < took < 1.0, (status, took)
+
+
+@pytest.mark.asyncio
+async def test_the_deadline_watch_fires_never_early_within_two_ticks_and_not_once_cancelled() -> (
+    None
+):
+    watch = DeadlineWatch()
+    ticking = asyncio.create_task(watch.run())
+    loop = asyncio.get_running_loop()
+    late: dict[str, float] = {}
+
+    def file(name: str, after_s: float) -> Any:
+        due = loop.time() + after_s
+        return watch.at(due, lambda: late.setdefault(name, loop.time() - due))
+
+    for after_s in (0.0, 0.01, 0.07, 0.2, 0.33):
+        file(f"{after_s}", after_s)
+    watch.cancel(file("cancelled", 0.1))
+    await asyncio.sleep(0.6)
+    ticking.cancel()
+    assert sorted(late) == ["0.0", "0.01", "0.07", "0.2", "0.33"]
+    assert all(0.0 <= s < 2 * TICK_S + 0.02 for s in late.values()), late

@@ -161,7 +161,10 @@ async def client_ctx(app: web.Application) -> AsyncIterator[None]:
             admission=app[admission_key],
             metrics=app[metrics_key],
         )
-        async with _background(app[proxy_key].sends.run(), "gateway-send-watch"):
+        async with (
+            _background(app[proxy_key].sends.run(), "gateway-send-watch"),
+            _background(app[proxy_key].deadlines.run(), "gateway-deadlines"),
+        ):
             yield
 
 

@@ -29,6 +29,7 @@ from gateway.server.attempt import (
 )
 from gateway.server.backend import Backend
 from gateway.server.config import Deadlines, GatewayConfig
+from gateway.server.deadline import DeadlineWatch
 from gateway.server.drain import InFlight
 from gateway.server.errors import (
     SHUTTING_DOWN,
@@ -105,6 +106,7 @@ class Proxy:
         self.admission = admission
         self.metrics = metrics
         self.inflight = InFlight()
+        self.deadlines = DeadlineWatch()
         self._by_model: dict[str, Deadlines] = {}  # each model's deadlines, found once
         self._loop = asyncio.get_running_loop()
         self.prefill = PrefillLegs(session, metrics, strike=self._strike, failed=self._failed)
@@ -192,18 +194,11 @@ class Proxy:
     ) -> web.StreamResponse:
         deadlines = self._deadlines(call.route.model)
         end_s = call.start_s + deadlines.total_s
-        up, timer = None, None
+        up, filed = None, None
         try:
-            try:  # the first byte, within its deadline and the request's
-                first_s = min(deadlines.first_byte_s, end_s - self._loop.time())
-                async with asyncio.timeout(first_s):
-                    up, head = await self._first_byte(call, backend, body, headers)
-            except TimeoutError:
-                stage = "first_byte" if first_s >= deadlines.first_byte_s else "total"
-                seconds = first_s if stage == "first_byte" else deadlines.total_s
-                raise self._failed(backend, Deadline(stage, seconds)) from None
+            up, head = await self._first_byte_in_time(call, backend, body, headers, deadlines)
             # the rest of the answer within the request's deadline: past it, its reads fail
-            timer = self._loop.call_at(end_s, self._expire, up, deadlines.total_s)
+            filed = self.deadlines.at(end_s, lambda: self._expire(up, deadlines.total_s))
             if up.status in RETRY_STATUS:
                 raise await self._refused(backend, up)
             if head is not None:
@@ -218,10 +213,39 @@ class Proxy:
                 call.tally.prompt, call.tally.completion = 0, call.max_tokens
             raise
         finally:
-            if timer is not None:
-                timer.cancel()
+            if filed is not None:
+                self.deadlines.cancel(filed)
             if up is not None:  # a no-op after a full read; else frees the backend's slot now
                 up.close()
+
+    async def _first_byte_in_time(
+        self, call: Call, backend: Backend, body: bytes, headers: dict, deadlines: Deadlines
+    ) -> tuple[aiohttp.ClientResponse, bytes | None]:
+        """_first_byte within its deadline and the request's (a Retry past them)."""
+        now, end_s = self._loop.time(), call.start_s + deadlines.total_s
+        first = now + deadlines.first_byte_s <= end_s  # else the request's deadline comes first
+        due = now + deadlines.first_byte_s if first else end_s
+        task, late = asyncio.current_task(), []
+
+        def expire() -> None:
+            late.append(True)
+            if task is not None:
+                task.cancel()
+
+        filed = self.deadlines.at(due, expire)
+        try:
+            return await self._first_byte(call, backend, body, headers)
+        except asyncio.CancelledError:
+            if not late or task is None:
+                raise  # the client's, or the drain's
+            task.uncancel()
+            if first:
+                raise self._failed(
+                    backend, Deadline("first_byte", deadlines.first_byte_s)
+                ) from None
+            raise self._failed(backend, Deadline("total", deadlines.total_s)) from None
+        finally:
+            self.deadlines.cancel(filed)
 
     async def _first_byte(
         self, call: Call, backend: Backend, body: bytes, headers: dict
