@@ -79,6 +79,14 @@ async def card(tokens_per_event: int = 1, **kw: Any) -> Served:
     return await start_card(config)
 
 
+async def ask(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> list[bytes]:
+    """A completion with the key, answered 200: its `data:` lines (a whole answer has none)."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with http.post(url + "/v1/completions", json=body, headers=headers) as r:
+        assert r.status == 200
+        return [ln.strip() async for ln in r.content if ln.startswith(b"data:")]
+
+
 def served(registry: CollectorRegistry) -> float:
     labels = {"model": MODEL, "kind": "completion"}
     return registry.get_sample_value("gateway_tokens_total", labels) or 0.0
@@ -98,10 +106,7 @@ async def test_a_stream_is_charged_per_token_not_per_event(asks_usage: bool) -> 
         async with metered(c.url) as (gw, registry), aiohttp.ClientSession() as http:
 
             async def stream() -> None:
-                headers = {"Authorization": f"Bearer {KEY}"}
-                async with http.post(gw.url + "/v1/completions", json=body, headers=headers) as r:
-                    assert r.status == 200
-                    lines.extend([ln.strip() async for ln in r.content if ln.startswith(b"data:")])
+                lines.extend(await ask(http, gw.url, body))
 
             charge = await charge_of(http, gw.url, stream)
             counted = served(registry) - 2  # less the probes' token each
@@ -165,12 +170,10 @@ async def test_usage_with_kilobytes_after_it_is_charged() -> None:
     try:
         async with metered(up.url) as (gw, registry), aiohttp.ClientSession() as http:
 
-            async def ask() -> None:
-                headers = {"Authorization": f"Bearer {KEY}"}
-                async with http.post(gw.url + "/v1/completions", json=body, headers=headers) as r:
-                    assert r.status == 200
+            async def whole() -> None:
+                await ask(http, gw.url, body)
 
-            charge = await charge_of(http, gw.url, ask)
+            charge = await charge_of(http, gw.url, whole)
             counted = served(registry) / 3  # the probes' answers say the same
     finally:
         await up.stop()
