@@ -92,6 +92,8 @@ async def test_models_health_ready_and_admin(two: Fleet, http: aiohttp.ClientSes
         assert [m["id"] for m in (await r.json())["data"]] == [MODEL]
     async with http.get(url + "/healthz") as r:
         assert r.status == 200
+    async with http.get(url + "/health") as r:  # as vLLM answers it: guidellm's first check
+        assert r.status == 200 and await r.read() == b""
     async with http.get(url + "/readyz") as r:
         assert r.status == 200 and (await r.json())["backends_up"] == ["card-0", "card-1"]
     async with http.get(url + "/admin/backends") as r:
@@ -293,6 +295,25 @@ async def test_failure_before_the_first_byte_is_retried_elsewhere(
             assert (await r.json())["backends_up"] == ["card-1"]  # ejected at once
     await up.stop()
     await served.stop()
+
+
+@pytest.mark.asyncio
+async def test_health_is_503_while_no_backend_is_in_rotation(http: aiohttp.ClientSession) -> None:
+    served = await start_card()
+    async with fleet([], config=gateway_config([served.url])) as f:
+        async with http.get(f.gateway.url + "/health") as r:
+            before = r.status
+        await served.stop()  # its prober finds it gone
+        status, body = 0, {}
+        for _ in range(60):
+            async with http.get(f.gateway.url + "/health") as r:
+                status, body = r.status, await r.json() if r.status != 200 else {}
+            if status == 503:
+                break
+            await asyncio.sleep(0.05)
+    assert before == 200
+    assert status == 503 and body["error"]["code"] == "no_healthy_backend", body
+    assert "card-0" not in json.dumps(body)  # it names no backend
 
 
 @pytest.mark.asyncio

@@ -31,6 +31,7 @@ from gateway.server.errors import (
     GatewayError,
     MethodNotAllowed,
     ModelNotFound,
+    NoBackend,
     NotFound,
     PayloadTooLarge,
     RequestTimeout,
@@ -111,6 +112,7 @@ def create_app(
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{model:.+}", model)  # ids may hold a slash (org/name)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/health", health)
     app.router.add_get("/readyz", readyz)
     if config.metrics.listen is None:  # else only at its own address: see ops_app
         app.router.add_get("/metrics", _metrics(registry))
@@ -127,6 +129,7 @@ def ops_app(app: web.Application) -> web.Application:
     ops[backends_key] = app[backends_key]  # changed in place by reloads: always the live list
     ops.router.add_get("/metrics", _metrics(app[registry_key]))
     ops.router.add_get("/healthz", healthz)
+    ops.router.add_get("/health", health)
     ops.router.add_get("/readyz", readyz)
     return ops
 
@@ -420,6 +423,14 @@ def _model_card(name: str, created: int) -> dict[str, Any]:
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
+
+
+async def health(request: web.Request) -> web.Response:
+    """As vLLM's `GET /health` (what guidellm and other load tools check first): 200 with an
+    empty body while any backend is in rotation, else 503. It names no backend."""
+    if any(b.up for b in request.app[backends_key]):
+        return web.Response(status=200)
+    raise NoBackend("no backend is in rotation")
 
 
 def _metrics(registry: CollectorRegistry) -> Callable[[web.Request], Awaitable[web.Response]]:
