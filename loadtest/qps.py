@@ -43,11 +43,14 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 from probe import LoopProbe
 from scenario import OptionError, Options, add_options
-from verdict import INVALID, Record, Verdict, arrivals, judge, render
+from verdict import INVALID, Record, Verdict, arrivals, finite, judge, render
 from webui import Board, Measures, install, render_measures
 from workload import Prompts, read_stream, read_whole
 
 log = logging.getLogger("cardinal.loadtest")
+SUMMARY_SCHEMA = (
+    1  # the --summary-json layout (docs/summary.md); raised when a field changes meaning
+)
 events.init_command_line_parser.add_listener(add_options)
 
 
@@ -362,13 +365,14 @@ def _conclude(environment: Environment, payloads: list[dict[str, Any]], stop: fl
     o = environment.parsed_options
     if o.summary_json:
         summary = {
+            "schema": SUMMARY_SCHEMA,
             "start": start,  # time.time() of the first schedule; the window is from there
             "verdict": verdict.as_dict(),
             "settings": options.settings.__dict__,
             "records": len(records),
         }
         Path(o.summary_json).write_text(
-            json.dumps(summary, indent=2, default=str), encoding="utf-8"
+            json.dumps(finite(summary), indent=2, default=str), encoding="utf-8"
         )
     if o.records_csv:
         _write_csv(Path(o.records_csv), records, start)
@@ -389,6 +393,9 @@ def _write_csv(path: Path, records: list[Record], start: float) -> None:
                 "tpot_s",
                 "e2e_s",
                 "error",
+                "prompt_tokens",
+                "second_token_s",
+                "content_deltas",
             ]
         )
         for r in sorted(records, key=lambda r: r.scheduled):
@@ -403,5 +410,8 @@ def _write_csv(path: Path, records: list[Record], start: float) -> None:
                     f"{r.tpot:.5f}",
                     f"{r.e2e:.4f}",
                     r.error or ("" if r.finished else "unfinished"),
+                    r.prompt_tokens,
+                    f"{r.second - start:.4f}",
+                    r.events,
                 ]
             )

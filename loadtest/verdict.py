@@ -68,9 +68,12 @@ class Record:
     sent: float = math.nan
     first: float = math.nan  # first non-empty content delta
     end: float = math.nan
-    tokens: int = 0
+    tokens: int = 0  # the answer's own count (its usage), else the content deltas counted
     error: str = ""  # empty: answered in full
     finished: bool = False
+    second: float = math.nan  # second non-empty content delta
+    prompt_tokens: int = 0  # as the answer's usage gave them (0: it gave none)
+    events: int = 0  # content deltas the client counted (a delta may hold several tokens)
 
     @property
     def ok(self) -> bool:
@@ -87,6 +90,11 @@ class Record:
     @property
     def e2e(self) -> float:
         return self.end - self.scheduled
+
+    @property
+    def ttst(self) -> float:
+        """Time to the second token, from the first (AIPerf's "time to second token")."""
+        return self.second - self.first
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -177,6 +185,30 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))]
 
 
+def percentile_interval(values: list[float], p: float, z: float = 1.96) -> tuple[float, float]:
+    """A distribution-free 95 % interval of the p-th percentile: the order statistics whose ranks
+    bound the binomial count of values below it (normal approximation). The upper end is +inf
+    where too few values lie above the percentile to bound it (p99.9 of 500 requests)."""
+    n = len(values)
+    if not n:
+        return math.inf, math.inf
+    ordered, q = sorted(values), p / 100
+    half = z * math.sqrt(n * q * (1 - q))
+    low, high = math.floor(n * q - half), math.ceil(n * q + half) + 1  # 1-based ranks
+    return ordered[max(low, 1) - 1], ordered[high - 1] if high <= n else math.inf
+
+
+def finite(data: Any) -> Any:
+    """JSON any parser takes: NaN and infinities (nothing measured, no bound) become null."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: finite(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [finite(v) for v in data]
+    return data
+
+
 def lag_limit(s: Settings) -> float:
     """How late the generator may read what arrived, at the SLO percentile, before its delay is a
     noticeable share of what it judges: LAG_SHARE_OF_SLO of the tightest TTFT / e2e SLO, at most
@@ -219,9 +251,10 @@ def judge(
     if loop_lag is not None:
         v.validity.append(_loop_lag_check([lag for t, lag in loop_lag if lo <= t < hi], s))
     v.checks = _checks(window, done, s, v)
-    v.stats = _stats(done, s)
+    v.stats = _stats(done, s, span=span)
     met = sum(_meets(r, s) for r in window)
     v.stats["attainment_low"], v.stats["attainment_high"] = attainment_interval(met, len(window))
+    v.stats["goodput_qps"] = met / span  # requests a second that met every SLO
     if not all(c.ok for c in v.validity):
         v.code = INVALID
     elif not all(c.ok for c in v.checks):
@@ -366,16 +399,41 @@ def latency_trend(window: list[Record], s: Settings) -> tuple[float, float]:
     return last - first, limit
 
 
-def _stats(done: list[Record], s: Settings) -> dict[str, float]:
+PERCENTILES = (0.1, 1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9)
+COUNT_MISMATCH = 0.02  # client-counted tokens this far from the server's: say so
+
+
+def _stats(done: list[Record], s: Settings, *, span: float) -> dict[str, float]:
+    """Percentiles of TTFT, TPOT, e2e and time to second token (PERCENTILES and the SLO's);
+    input, output and per-user tokens a second; the share by which the client's token count
+    (content deltas) misses the server's (its usage)."""
     out: dict[str, float] = {}
     for name, values in (
         ("ttft", [r.ttft for r in done]),
         ("tpot", [r.tpot for r in done]),
         ("e2e", [r.e2e for r in done]),
+        ("ttst", [r.ttst for r in done if not math.isnan(r.second)]),
     ):
-        for p in (50, 90, s.percentile, 99):
+        for p in sorted({*PERCENTILES, s.percentile}):
             out[f"{name}_p{p:g}_s"] = percentile(values, p) if values else math.nan
+        low, high = percentile_interval(values, s.percentile) if values else (math.nan,) * 2
+        out[f"{name}_p{s.percentile:g}_low_s"], out[f"{name}_p{s.percentile:g}_high_s"] = low, high
     out["output_tokens_mean"] = sum(r.tokens for r in done) / len(done) if done else math.nan
+    with_prompt = [r for r in done if r.prompt_tokens]
+    out["prompt_tokens_mean"] = (
+        sum(r.prompt_tokens for r in with_prompt) / len(with_prompt) if with_prompt else math.nan
+    )
+    out["input_tokens_per_s"] = sum(r.prompt_tokens for r in done) / span
+    out["output_tokens_per_s"] = sum(r.tokens for r in done) / span
+    per_user = [
+        (r.tokens - 1) / (r.end - r.first) for r in done if r.tokens > 1 and r.end > r.first
+    ]
+    out["per_user_tokens_per_s_p50"] = percentile(per_user, 50) if per_user else math.nan
+    counted = [r for r in done if r.events]
+    served = sum(r.tokens for r in counted)
+    out["client_count_mismatch"] = (
+        sum(abs(r.events - r.tokens) for r in counted) / served if served else 0.0
+    )
     return out
 
 
@@ -397,6 +455,7 @@ def render(v: Verdict, s: Settings) -> str:
         lines.append(
             f"  SLO attainment 95% interval {low:.1%}-{high:.1%} over {v.scheduled} requests"
         )
+    lines.extend(_figures(v, s))
     failed = {c.name for c in v.validity if not c.ok}
     if v.code == INVALID and failed & {"measurement window", "requests judged"}:
         lines.append("")
@@ -415,6 +474,34 @@ def render(v: Verdict, s: Settings) -> str:
             "its own."
         )
     return "\n".join(lines)
+
+
+def _figures(v: Verdict, s: Settings) -> list[str]:
+    """What other load tools report beside the verdict: throughput, goodput, percentiles."""
+    st = v.stats
+    if not st or math.isnan(st.get("output_tokens_mean", math.nan)):
+        return []
+    lines = [
+        f"  tokens/s: input {st['input_tokens_per_s']:.1f}, "
+        f"output {st['output_tokens_per_s']:.1f}, "
+        f"per user {st['per_user_tokens_per_s_p50']:.1f} (median); "
+        f"goodput {st['goodput_qps']:.2f} requests/s meeting every SLO",
+    ]
+    pct = f"p{s.percentile:g}"
+    for name in ("ttft", "tpot", "e2e", "ttst"):
+        row = ", ".join(f"p{p:g} {_ms(st[f'{name}_p{p:g}_s'])}" for p in (0.1, 50, 99, 99.9))
+        low, high = st[f"{name}_{pct}_low_s"], st[f"{name}_{pct}_high_s"]
+        upper = _ms(high) if math.isfinite(high) else "unbounded (too few above it)"
+        interval = f"{_ms(low)} to {upper}" if not math.isnan(low) else "none"
+        lines.append(f"  {name.upper()}: {row}; {pct} 95% interval {interval}")
+    mismatch = st.get("client_count_mismatch", 0.0)
+    if mismatch > COUNT_MISMATCH:
+        lines.append(
+            f"  warning: the content deltas counted miss the server's token counts (usage) by "
+            f"{mismatch:.0%}: the backend sends several tokens a delta, so figures per delta are "
+            "not per token (TPOT here uses the server's counts)"
+        )
+    return lines
 
 
 def check_row(name: str, value: str, limit: str, result: str) -> str:

@@ -18,7 +18,7 @@ import math
 from collections import Counter
 from typing import Any
 
-from verdict import Record, Settings, Verdict, render
+from verdict import Record, Settings, Verdict, finite, render
 
 MEASURES = (("TTFT", "ms"), ("TPOT", "ms"), ("output tokens", "tokens"))
 PERCENTILES = (50, 90, 95, 99)
@@ -175,7 +175,7 @@ class Board:
         if self.verdict is None:
             return {"label": None, "code": None, "table": None, "verdict": None}
         v, settings = self.verdict
-        return _finite(
+        return finite(
             {"label": v.label, "code": v.code, "table": render(v, settings)}
             | {"verdict": v.as_dict()}
         )
@@ -230,14 +230,3 @@ def _structure(columns: list[tuple[str, str]]) -> list[dict[str, str]]:
 
 def _round(value: float) -> float | None:
     return round(value, 2) if math.isfinite(value) else None
-
-
-def _finite(data: Any) -> Any:
-    """JSON a browser parses: NaN and infinities (no request met an SLO) become null."""
-    if isinstance(data, float) and not math.isfinite(data):
-        return None
-    if isinstance(data, dict):
-        return {k: _finite(v) for k, v in data.items()}
-    if isinstance(data, list | tuple):
-        return [_finite(v) for v in data]
-    return data

@@ -131,6 +131,7 @@ def read_stream(resp: http.client.HTTPResponse, rec: Record) -> int:
         if data == b"[DONE]":
             rec.end = arrived
             rec.tokens = usage if usage is not None else events
+            rec.events = events
             return size
         chunk = json.loads(data)
         if "error" in chunk:
@@ -141,9 +142,12 @@ def read_stream(resp: http.client.HTTPResponse, rec: Record) -> int:
             if delta.get("content") or choice.get("text"):
                 if events == 0:
                     rec.first = arrived
+                elif events == 1:
+                    rec.second = arrived
                 events += 1
         if chunk.get("usage"):
             usage = chunk["usage"].get("completion_tokens")
+            rec.prompt_tokens = int(chunk["usage"].get("prompt_tokens") or 0)
     rec.error = "stream ended without [DONE]"
     return size
 
@@ -153,5 +157,7 @@ def read_whole(resp: http.client.HTTPResponse, rec: Record) -> int:
     raw = resp.read()
     body = json.loads(raw)
     rec.end = rec.first = time.time()
-    rec.tokens = int((body.get("usage") or {}).get("completion_tokens") or 0)
+    usage = body.get("usage") or {}
+    rec.tokens = int(usage.get("completion_tokens") or 0)
+    rec.prompt_tokens = int(usage.get("prompt_tokens") or 0)
     return len(raw)

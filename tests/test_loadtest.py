@@ -251,6 +251,73 @@ def test_a_fleet_that_keeps_up_passes(cards: list[str], plan_path: Path, tmp_pat
     assert v["offered_qps"] == pytest.approx(WORKLOAD.target_qps, rel=0.02)  # whole blocks
 
 
+def _card_totals(url: str) -> dict[str, float]:
+    """A card's own counters and histograms (sums and counts), from its /metrics."""
+    from urllib.request import urlopen  # noqa: PLC0415
+
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    with urlopen(url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
+
+
+def test_the_figures_other_tools_report_agree_with_the_cards_own(
+    cards: list[str], plan_path: Path, tmp_path: Path
+) -> None:
+    """Tokens a second, time to second token and the count warning, against the card's own
+    counters and histograms (a card that sends 4 tokens an event)."""
+    out, records = tmp_path / "s.json", tmp_path / "records.csv"
+    card = cards[1]
+    before = _card_totals(card)
+    run = _locust(
+        "--host", card, "--plan", str(plan_path), "--warmup", "0s", "--cooldown", "0s",
+        "--summary-json", str(out), "--records-csv", str(records), *SHORT_RUN, seconds=8,
+    )  # fmt: skip
+    time.sleep(0.5)  # what was in flight at the end finishes on the card
+    after = _card_totals(card)
+    print(run.stdout[-2500:])
+    v = _summary(out)
+    st = v["stats"]
+    with records.open() as f:
+        rows = [row for row in csv.DictReader(f) if not row["error"]]
+    delta = {k: after[k] - before.get(k, 0.0) for k in after}
+    generated, prompted = delta["vllm:generation_tokens_total"], delta["vllm:prompt_tokens_total"]
+    served = sum(int(r["tokens"]) for r in rows)
+    prompts = sum(int(r["prompt_tokens"]) for r in rows)
+    # per request: the card's counters also hold requests cut when the run stopped
+    started = delta["vllm:time_to_first_token_seconds_count"]
+    finished = delta["vllm:e2e_request_latency_seconds_count"]
+    print(
+        f"    client {len(rows)} requests, {served} / {prompts} tokens; card {started:g} "
+        f"started, {finished:g} finished, {generated:g} / {prompted:g} tokens"
+    )
+    assert prompts / len(rows) == pytest.approx(prompted / started, rel=0.01)
+    assert served / len(rows) == pytest.approx(generated / finished, rel=0.1)
+    span = v["window"][1] - v["window"][0]
+    assert st["output_tokens_per_s"] == pytest.approx(served / span, rel=0.05)
+    assert st["input_tokens_per_s"] == pytest.approx(prompts / span, rel=0.05)
+    # the second content delta comes 4 tokens after the first: 4 inter-token gaps
+    itl = (
+        delta["vllm:inter_token_latency_seconds_sum"]
+        / delta["vllm:inter_token_latency_seconds_count"]
+    )
+    assert st["ttst_p50_s"] == pytest.approx(4 * itl, rel=0.35)
+    ttft = (
+        delta["vllm:time_to_first_token_seconds_sum"]
+        / delta["vllm:time_to_first_token_seconds_count"]
+    )
+    client_ttft = sum(float(r["ttft_s"]) for r in rows) / len(rows)
+    assert client_ttft == pytest.approx(ttft, abs=0.015)
+    assert st["per_user_tokens_per_s_p50"] == pytest.approx(1 / itl, rel=0.35)
+    assert st["client_count_mismatch"] > 0.5 and "warning: the content deltas" in run.stdout
+    assert "p99.9" in run.stdout and st["goodput_qps"] <= v["completed_qps"]
+
+
 def test_ctrl_c_stops_the_run_with_no_verdict(
     cards: list[str], plan_path: Path, tmp_path: Path
 ) -> None:

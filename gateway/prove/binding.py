@@ -3,15 +3,14 @@ and why a trial that did not pass failed (its errors by cause, from its records)
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import re
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from gateway.prove.ground import read_records
 from gateway.prove.trial import Trial, known_mean
 
 
@@ -73,18 +72,6 @@ class ErrorCause:
     verb: str  # refused, failed, unanswered
     what: str  # 'got 429 "no slot for `m` within 5 s"', from the records' own text
     count: int
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """A trial's records CSV (loadtest/qps.py's columns), figures as floats; [] where none."""
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            return [
-                {k: (v if k == "error" else float(v)) for k, v in row.items()}
-                for row in csv.DictReader(f)
-            ]
-    except OSError:
-        return []
 
 
 def judged(trial: Trial, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gateway import planfile
 from gateway.planfile import PlanFile
+from gateway.prove import ground
 from gateway.prove.at_scale import prove_at_scale
 from gateway.prove.binding import binding_constraint, failure_cause
 from gateway.prove.fleet import gateway, plan_batch, sim_cards
@@ -98,6 +99,8 @@ def _explain(trial: Trial, *, max_num_seqs: int | None, say: Callable[[str], Non
     """Print a trial's verdict table, its binding constraint and, unless it passed, the cause in
     one line (its records' errors or the checks it missed); return the binding constraint."""
     say(trial.table)
+    if trial.ground:
+        say(ground.render(trial.ground))
     binding = binding_constraint(trial, max_num_seqs=max_num_seqs)
     say(f"binding constraint: {binding}")
     if (cause := failure_cause(trial, binding=binding)) is not None:

@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from gateway.planfile import PlanFile
+from gateway.prove import ground
 from gateway.prove.binding import (
     ErrorCause,
     binding_constraint,
     errors_by_cause,
     failure_cause,
     judged,
-    read_records,
 )
+from gateway.prove.ground import read_records
 from gateway.prove.trial import Trial
 
 STYLE = (
@@ -214,9 +215,26 @@ def _section(run: Run) -> str:
     return (
         f'<h2 id="{_e(t.name)}">{_e(run.title)}: {t.verdict["label"]}</h2>'
         f"{cause}<pre>{_e(t.table)}</pre>"
-        f"<p>Binding constraint: {_e(run.binding)}</p>{images}"
+        f"<p>Binding constraint: {_e(run.binding)}</p>{_ground(t)}{images}"
         f'<p>Raw records: <a href="{t.records_csv.name}">{t.records_csv.name}</a>; '
         f'Locust log: <a href="{log}">{log}</a></p>'
+    )
+
+
+def _ground(t: Trial) -> str:
+    """The whole run as the client, the gateway and the cards measured it: the servers' own
+    histograms beside the client's records ("-": that one does not publish it)."""
+    if not t.ground:
+        return ""
+    head = "".join(f"<th>{src}</th>" for src in ground.SOURCES)
+    body = "".join(
+        f"<tr><th>{_e(label)}</th>{''.join(f'<td>{_e(c)}</td>' for c in cells)}</tr>"
+        for label, cells in ground.table(t.ground)
+    )
+    return (
+        "<p>Measured over the whole run (warm-up and cool-down in), by each side; the servers' "
+        "percentiles are read from their histogram buckets, as Prometheus's histogram_quantile "
+        f"reads them:</p><table><tr><th></th>{head}</tr>{body}</table>"
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import threading
@@ -17,10 +18,19 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import loadtest
 from gateway.prove.fleet import tracked
+from gateway.prove.ground import (
+    cards_snapshot,
+    client_figures,
+    figures,
+    gateway_snapshot,
+    read_records,
+)
 from gateway.prove.simlag import LagCount, judge_lag, lag_check, lag_count, lost_s
+from loadtest.verdict import finite
 
 QPS_LOCUSTFILE = Path(loadtest.__file__).with_name("qps.py")
 SAMPLE_EVERY_S = 2.0
+SETTLE_S = 0.3
 # a card's queue and batch, in vLLM's and llama.cpp's names (an engine exposes one of each)
 WAITING = ("vllm:num_requests_waiting", "llamacpp:requests_deferred")
 RUNNING = ("vllm:num_requests_running", "llamacpp:requests_processing")
@@ -50,6 +60,8 @@ class Trial:
     records_csv: Path
     table: str  # the verdict table qps.py printed
     samples: list[Sample] = field(default_factory=list)
+    # the whole run's figures as the client, the gateway and the cards measured them (ground.py)
+    ground: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -146,6 +158,7 @@ def run_trial(
     samples: list[Sample] = []
     lag_urls = [*cards, *lag_also]
     lags = [_lags(lag_urls)]  # (time, each card's loop lag so far), for the judged window
+    before = _servers(gateway, cards)
     with (out_dir / f"{name}.locust.log").open("w") as log:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True)
         with tracked(proc):  # an interrupt stops Locust too, with no verdict read from it
@@ -161,7 +174,18 @@ def run_trial(
         log.write(out)
     if not summary.exists():
         raise RuntimeError(f"Locust wrote no verdict (exit {proc.returncode}); see {log.name}")
+    time.sleep(SETTLE_S)  # what the client cut at the end reaches the servers' counters
+    after = _servers(gateway, cards)
+    ground = {
+        "client": client_figures(read_records(records)),
+        **{k: figures(before[k], after[k]) for k in ("gateway", "cards")},
+    }
     data = json.loads(summary.read_text())
+    data["ground"] = ground  # beside the verdict in the same file (docs/summary.md)
+    summary.write_text(json.dumps(finite(data), indent=2), encoding="utf-8")
+    data["verdict"]["stats"] = {  # null in the file: nothing measured, or no bound
+        k: math.nan if v is None else v for k, v in data["verdict"]["stats"].items()
+    }
     table = out[out.find("Cardinal verdict") :].split("\n[")[0].rstrip()
     code, verdict = proc.returncode, data["verdict"]
     lags.append(_lags(lag_urls))
@@ -179,7 +203,16 @@ def run_trial(
         records_csv=records,
         table=table,
         samples=samples,
+        ground=ground,
     )
+
+
+def _servers(gateway: str, cards: list[str]) -> dict[str, dict[str, Any]]:
+    """The gateway's and the cards' histograms and token counters at this moment."""
+    return {
+        "gateway": gateway_snapshot(metrics(gateway)),
+        "cards": cards_snapshot([metrics(c) for c in cards]),
+    }
 
 
 def _lags(cards: list[str]) -> tuple[float, list[LagCount | None]]:
