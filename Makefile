@@ -17,7 +17,7 @@ FLEET_CARDS := 4
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SYSTEM := nginx prometheus promtool ab redis-server
 
-.PHONY: demo test bench accuracy seeds docs lint clean system fleet-files llama-server soak \
+.PHONY: demo test bench accuracy seeds docs lint clean system fleet-files llama-server load-tools soak \
 	serving-data fit
 
 $(STAMP): pyproject.toml
@@ -44,7 +44,12 @@ system:
 llama-server: $(STAMP)
 	$(BIN)/python -m tests.llama_server
 
-test: $(STAMP) system llama-server
+# guidellm and AIPerf, which tests/test_load_tools.py runs unchanged against the gateway: each in a
+# virtualenv of its own (about a GB each), cached under $${XDG_CACHE_HOME:-~/.cache}/cardinal/load-tools.
+load-tools: $(STAMP)
+	$(BIN)/python -m tests.load_tools
+
+test: $(STAMP) system llama-server load-tools
 	$(BIN)/python -m pytest
 
 # The gateway for SOAK_MINUTES (default 30) at 80 % of a planned fleet's capacity on simulated
