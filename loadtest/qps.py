@@ -92,6 +92,7 @@ class Load:
             seed=seed,
             kind=self.options.arrival,
             edges=self.window_edges(),
+            cv=self.options.arrival_cv,
         ):
             delay = due - time.time()
             if delay > 0:

@@ -32,8 +32,7 @@ def add_options(parser: Any) -> None:
         "--arrival",
         env_var="LOCUST_ARRIVAL",
         default="poisson",
-        choices=["poisson", "constant"],
-        help="arrival process",
+        help="arrival process: poisson, constant, or gamma:cv=N (bursty when N > 1)",
     )
     add("--warmup", env_var="LOCUST_WARMUP", help="not judged at the start (default: 2 x e2e SLO)")
     add("--cooldown", env_var="LOCUST_COOLDOWN", help="not judged at the end (default: e2e SLO)")
@@ -41,6 +40,12 @@ def add_options(parser: Any) -> None:
     add("--prompt-tokens", env_var="LOCUST_PROMPT_TOKENS", help="mean prompt length")
     add("--prompt-spread", env_var="LOCUST_PROMPT_SPREAD", default="0", help="+- share, uniform")
     add("--output-tokens", env_var="LOCUST_OUTPUT_TOKENS", help="mean max_tokens")
+    add(
+        "--shared-prefix",
+        env_var="LOCUST_SHARED_PREFIX",
+        default="0",
+        help="tokens of one system prompt every request starts with (a prefix cache can hold it)",
+    )
     add("--output-spread", env_var="LOCUST_OUTPUT_SPREAD", default="0", help="+- share, uniform")
     add(
         "--prompts-file",
@@ -101,7 +106,11 @@ class Options:
         self.prompts = _prompts(o.prompts_file) if o.prompts_file else None
         self.timeout_s = _duration("--request-timeout", o.request_timeout)
         self.seed = int(_number("--seed", o.seed))
-        self.arrival = o.arrival
+        self.arrival, self.arrival_cv = _arrival(o.arrival)
+        self.shared_prefix = _count("--shared-prefix", o.shared_prefix)
+        if self.shared_prefix and (o.prompts_file or self.shared_prefix >= self.prompt_tokens):
+            why = "with --prompts-file" if o.prompts_file else "of --prompt-tokens or more"
+            raise OptionError("--shared-prefix", f"{self.shared_prefix} tokens {why}: no room")
         self.settings = Settings(
             target_qps=self.target_qps,
             warmup_s=_duration("--warmup", o.warmup) if o.warmup else min(2 * worst, 60.0),
@@ -122,6 +131,20 @@ class Options:
         )
         if not 0 < self.settings.percentile <= 100:
             raise OptionError("--slo-percentile", "must be in (0, 100]")
+
+
+def _arrival(value: Any) -> tuple[str, float]:
+    """(kind, coefficient of variation of the gaps) from poisson, constant or gamma:cv=N."""
+    text = str(value).strip()
+    if text in ("poisson", "constant"):
+        return text, 1.0 if text == "poisson" else 0.0
+    m = re.fullmatch(r"gamma:cv=(.+)", text)
+    if not m:
+        raise OptionError("--arrival", f"must be poisson, constant or gamma:cv=N, got {value!r}")
+    cv = _number("--arrival", m.group(1))
+    if not 0 < cv <= 20:
+        raise OptionError("--arrival", f"gamma's cv must be in (0, 20], got {m.group(1)!r}")
+    return "gamma", cv
 
 
 def _plan(path: str) -> dict[str, Any]:

@@ -81,16 +81,22 @@ WORDS = [
     "age",
 ]  # 3 letters + a space = 4 bytes: one token for BPE tokenizers and for the sim's count
 CHAT_OVERHEAD = 7  # template tokens around one user message (4) and the reply header (3)
+MESSAGE_OVERHEAD = 4  # template tokens around each further message (the shared system prompt)
 
 
 class Prompts:
     """Request bodies drawn from the scenario: random common words (a random window of a seeded
-    corpus, so no two prompts share a prefix cache) or the prompts file's rows."""
+    corpus, so no two prompts share a prefix cache) or the prompts file's rows. With a shared
+    prefix every request starts with the same system message of that many tokens (template
+    included), and its own words make up the rest of the prompt length."""
 
     def __init__(self, options: Options) -> None:
         self.options = options
         rng = random.Random(options.seed)
         self._corpus = [rng.choice(WORDS) for _ in range(50_000)]
+        prefix = options.shared_prefix
+        words = [rng.choice(WORDS) for _ in range(max(1, prefix - MESSAGE_OVERHEAD))]
+        self._system = [{"role": "system", "content": " ".join(words)}] if prefix else []
 
     def body(self, rng: random.Random) -> dict[str, Any]:
         o = self.options
@@ -100,9 +106,11 @@ class Prompts:
             messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
             out = int(row.get("max_tokens") or out)
         else:
-            words = max(1, spread(rng, o.prompt_tokens, o.prompt_spread) - CHAT_OVERHEAD)
+            length = spread(rng, o.prompt_tokens, o.prompt_spread) - o.shared_prefix
+            words = max(1, length - CHAT_OVERHEAD)
             at = rng.randrange(len(self._corpus) - words) if words < len(self._corpus) else 0
-            messages = [{"role": "user", "content": " ".join(self._corpus[at : at + words])}]
+            user = {"role": "user", "content": " ".join(self._corpus[at : at + words])}
+            messages = [*self._system, user]
         body: dict[str, Any] = {"model": o.model, "messages": messages, "max_tokens": out}
         if o.ignore_eos:
             body["ignore_eos"] = True

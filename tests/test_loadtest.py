@@ -171,6 +171,21 @@ def test_poisson_arrivals_offer_the_rate_exactly_over_a_short_run(rate: float) -
     assert gaps[len(gaps) // 10] < 0.35 / rate < gaps[-len(gaps) // 10]  # bursty, not a metronome
 
 
+@pytest.mark.parametrize("cv", [1.0, 3.0])
+def test_gamma_arrivals_are_as_bursty_as_asked_and_keep_the_rate(cv: float) -> None:
+    rate, horizon = 50.0, 400.0
+    stream = arrivals(rate, start=0, seed=3, kind="gamma", cv=cv)
+    times = []
+    while (t := next(stream)) < horizon:
+        times.append(t)
+    assert len(times) == pytest.approx(rate * horizon, rel=0.01)
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    mean = sum(gaps) / len(gaps)
+    spread = math.sqrt(sum((g - mean) ** 2 for g in gaps) / len(gaps)) / mean
+    print(f"cv {cv}: the gaps' measured cv {spread:.2f}")
+    assert spread == pytest.approx(cv, rel=0.1)
+
+
 @pytest.mark.parametrize("rate", [1.5, 500])
 def test_the_judged_window_offers_the_target_at_any_rate(rate: float) -> None:
     """Window edges that cut the blocks (at 1.5 QPS a block is 13.3 s): the window still holds
@@ -418,6 +433,9 @@ def test_bad_options_name_the_flag(plan_path: Path) -> None:
         (["--plan", str(plan_path), "--tpot-slo", "50"], "--tpot-slo"),  # 50 ms or 50 s?
         (["--model", "m", "--target-qps", "1"], "--ttft-slo"),
         (["--plan", "missing.yaml"], "--plan"),
+        (["--plan", str(plan_path), "--arrival", "bursty"], "--arrival"),
+        (["--plan", str(plan_path), "--arrival", "gamma:cv=0"], "--arrival"),
+        (["--plan", str(plan_path), "--shared-prefix", "5000"], "--shared-prefix"),
     ):
         run = _locust("--host", "http://127.0.0.1:9", *args, seconds=5)
         assert run.returncode == 2, run.stderr
@@ -483,6 +501,32 @@ async def _fast_card(request: web.Request) -> web.StreamResponse:
         await resp.write(b'data: {"choices":[{"index":0,"delta":{"content":"tok"}}]}\n\n')
     await resp.write(b"data: [DONE]\n\n")
     return resp
+
+
+@pytest.mark.asyncio
+async def test_a_shared_prefix_starts_every_prompt_and_keeps_its_length(tmp_path: Path) -> None:
+    """--shared-prefix 100 of 300 prompt tokens: one system message of 100 tokens (as the sim
+    counts them, its template included) on every request, each prompt still 300 tokens long."""
+    from gateway.sim.prompt import chat_tokens  # noqa: PLC0415
+
+    bodies: list[dict] = []
+
+    async def card(request: web.Request) -> web.StreamResponse:
+        bodies.append(await request.json())
+        return await _fast_card(request)
+
+    async with _card_url(card) as url:
+        await _locust_summary(
+            tmp_path / "prefix.json", "--host", url, "-t", "4s", "--target-qps", "10",
+            "--ttft-slo", "1s", "--prompt-tokens", "300", "--shared-prefix", "100",
+            "--arrival", "gamma:cv=2", *SHORT_RUN,
+        )  # fmt: skip
+    assert len(bodies) > 20
+    systems = {json.dumps(b["messages"][0]) for b in bodies}
+    assert len(systems) == 1 and bodies[0]["messages"][0]["role"] == "system"
+    assert chat_tokens(bodies[0]["messages"][:1]) - 3 == 100  # less the reply header
+    assert {chat_tokens(b["messages"]) for b in bodies} == {300}
+    assert len({b["messages"][1]["content"] for b in bodies}) == len(bodies)
 
 
 @asynccontextmanager
