@@ -48,9 +48,9 @@ from webui import Board, Measures, install, render_measures
 from workload import Prompts, read_stream, read_whole
 
 log = logging.getLogger("cardinal.loadtest")
-SUMMARY_SCHEMA = (
-    1  # the --summary-json layout (docs/summary.md); raised when a field changes meaning
-)
+# the --summary-json layout (docs/summary.md), raised when a field changes meaning
+SUMMARY_SCHEMA = 1
+CLOSED_LOOP_ERROR_PAUSE_S = 0.05
 events.init_command_line_parser.add_listener(add_options)
 
 
@@ -72,6 +72,10 @@ class Load:
         self._idle: list[http.client.HTTPConnection] = []
         self.prompts = Prompts(options)
         self.probe = LoopProbe()
+        users = max(1, int(getattr(env.parsed_options, "cardinal_users", 1) or 1))
+        if options.concurrency % users:
+            split = f"{options.concurrency} is not split evenly over {users} users (-u)"
+            raise OptionError("--concurrency", split)
 
     def drive(self, user: User) -> None:
         """Start requests on this driver's schedule, forever (Locust stops the user)."""
@@ -86,6 +90,11 @@ class Load:
         rng = random.Random(seed + 1)
         start = time.time()
         self.start = min(self.start, start)
+        if self.options.concurrency:
+            for loop in range(self.options.concurrency // total):
+                self.requests.spawn(self._closed_loop, random.Random(seed * 1000 + loop + 1))
+            while True:  # the loops run until Locust stops this user
+                gevent.sleep(3600)
         for due in arrivals(
             self.options.target_qps / total,
             start=start,
@@ -100,6 +109,16 @@ class Load:
             rec = Record(scheduled=due)
             self.records.append(rec)
             self.requests.spawn(self._request, rec, self.prompts.body(rng))
+
+    def _closed_loop(self, rng: random.Random) -> None:
+        """One request in flight: the next is sent when the last ends (after an error, 50 ms
+        later, so a refusing host is not asked thousands of times a second)."""
+        while True:
+            rec = Record(scheduled=time.time())
+            self.records.append(rec)
+            self._request(rec, self.prompts.body(rng))
+            if rec.error:
+                gevent.sleep(CLOSED_LOOP_ERROR_PAUSE_S)
 
     def window_edges(self) -> list[float]:
         """The judged window's ends, in seconds from the start: after the warm-up, and before

@@ -29,6 +29,11 @@ def add_options(parser: Any) -> None:
     add("--plan", env_var="LOCUST_PLAN", help="take model, workload and SLOs from this fleet.yaml")
     add("--target-qps", env_var="LOCUST_TARGET_QPS", help="requests per second to offer")
     add(
+        "--concurrency",
+        env_var="LOCUST_CONCURRENCY",
+        help="a closed loop instead: this many requests in flight, each sent when one ends",
+    )
+    add(
         "--arrival",
         env_var="LOCUST_ARRIVAL",
         default="poisson",
@@ -84,7 +89,16 @@ class Options:
         self.model = o.model or plan.get("inputs", {}).get("model")
         if not self.model:
             raise OptionError("--model", "required (or --plan)")
-        self.target_qps = _positive("--target-qps", o.target_qps or wl.get("target_qps"))
+        self.concurrency = _count("--concurrency", o.concurrency) if o.concurrency else 0
+        if o.concurrency and not self.concurrency:
+            raise OptionError("--concurrency", "must be 1 or more")
+        if self.concurrency and o.target_qps:
+            raise OptionError("--concurrency", "a closed loop has no --target-qps: give one")
+        self.target_qps = (
+            0.0
+            if self.concurrency
+            else _positive("--target-qps", o.target_qps or wl.get("target_qps"))
+        )
         self.prompt_tokens = int(
             _positive("--prompt-tokens", o.prompt_tokens or wl.get("prompt_tokens") or 512)
         )
@@ -128,6 +142,7 @@ class Options:
             min_requests=_count("--min-requests", o.min_requests)
             if o.min_requests
             else min_requests(_number("--slo-percentile", o.slo_percentile)),
+            concurrency=self.concurrency,
         )
         if not 0 < self.settings.percentile <= 100:
             raise OptionError("--slo-percentile", "must be in (0, 100]")

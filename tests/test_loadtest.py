@@ -436,6 +436,8 @@ def test_bad_options_name_the_flag(plan_path: Path) -> None:
         (["--plan", str(plan_path), "--arrival", "bursty"], "--arrival"),
         (["--plan", str(plan_path), "--arrival", "gamma:cv=0"], "--arrival"),
         (["--plan", str(plan_path), "--shared-prefix", "5000"], "--shared-prefix"),
+        (["--plan", str(plan_path), "--concurrency", "3", "-u", "2"], "--concurrency"),
+        (["--plan", str(plan_path), "--concurrency", "4", "--target-qps", "2"], "--concurrency"),
     ):
         run = _locust("--host", "http://127.0.0.1:9", *args, seconds=5)
         assert run.returncode == 2, run.stderr
@@ -489,6 +491,7 @@ async def test_ttft_is_timed_at_the_first_content_token(tmp_path: Path) -> None:
 # -- a generator too slow to read its answers: INVALID, not FAIL ----------------------------------
 
 FAST_PREFILL_S = 0.003
+CLOSED_LOOP_S = 0.05  # the closed-loop card's wait before it answers as the fast card
 
 
 async def _fast_card(request: web.Request) -> web.StreamResponse:
@@ -527,6 +530,39 @@ async def test_a_shared_prefix_starts_every_prompt_and_keeps_its_length(tmp_path
     assert chat_tokens(bodies[0]["messages"][:1]) - 3 == 100  # less the reply header
     assert {chat_tokens(b["messages"]) for b in bodies} == {300}
     assert len({b["messages"][1]["content"] for b in bodies}) == len(bodies)
+
+
+@pytest.mark.asyncio
+async def test_a_closed_loop_keeps_its_concurrency_and_says_it_offered_no_rate(
+    tmp_path: Path,
+) -> None:
+    """--concurrency 4 over 2 users: the card never holds more than 4, the rate is what 4 in
+    flight complete, and no check judges an offered rate."""
+    running, seen = 0, []
+
+    async def card(request: web.Request) -> web.StreamResponse:
+        nonlocal running
+        running += 1
+        seen.append(running)
+        try:
+            await asyncio.sleep(CLOSED_LOOP_S)
+            return await _fast_card(request)
+        finally:
+            running -= 1
+
+    async with _card_url(card) as url:
+        v = await _locust_summary(
+            tmp_path / "closed.json", "--host", url, "-t", "5s", "-u", "2", "-r", "2",
+            "--concurrency", "4", "--ttft-slo", "1s", "--warmup", "1s", "--cooldown", "1s",
+            *SHORT_RUN,
+        )  # fmt: skip
+    assert max(seen) == 4  # never more in flight; never fewer: the rate below is 4 at a time
+    e2e = CLOSED_LOOP_S + FAST_PREFILL_S  # the card's own time per request
+    assert v["completed_qps"] == pytest.approx(4 / e2e, rel=0.3)
+    names = {c["name"] for c in v["checks"] + v["validity"]}
+    open_loop = {"offered QPS", "completed QPS", "requests sent on time", "queue not growing"}
+    assert not names & open_loop
+    assert {"p95 TTFT", "SLO attainment", "error rate"} <= names
 
 
 @asynccontextmanager
