@@ -63,8 +63,10 @@ def build(*, env: Mapping[str, str] = os.environ, say: Callable[[str], None] = p
     _check_gguf_version(src)
     jobs = str(os.cpu_count() or 2)
     say(f"building llama-server {VERSION} with {jobs} jobs (about 10 minutes on 2 cores)")
-    _run(["cmake", "-S", str(src), "-B", str(work / "build"), *CMAKE_OPTIONS], log=work / "log")
-    _run(
+    run_logged(
+        ["cmake", "-S", str(src), "-B", str(work / "build"), *CMAKE_OPTIONS], log=work / "log"
+    )
+    run_logged(
         ["cmake", "--build", str(work / "build"), "--target", "llama-server", "-j", jobs],
         log=work / "log",
     )
@@ -81,7 +83,7 @@ def _sources(work: Path, *, say: Callable[[str], None]) -> Path:
     """vendor/llama.cpp of the pinned llama-cpp-python source distribution, extracted."""
     say(f"fetching the llama-cpp-python {VERSION} source distribution (llama.cpp inside)")
     pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:"]
-    _run([*pip, f"llama-cpp-python=={VERSION}", "-d", str(work)], log=work / "log")
+    run_logged([*pip, f"llama-cpp-python=={VERSION}", "-d", str(work)], log=work / "log")
     (sdist,) = work.glob("llama_cpp_python-*.tar.gz")
     prefix = f"llama_cpp_python-{VERSION}/vendor/llama.cpp/"
     with tarfile.open(sdist) as tar:
@@ -100,7 +102,8 @@ def _check_gguf_version(src: Path) -> None:
         )
 
 
-def _run(argv: list[str], *, log: Path) -> None:
+def run_logged(argv: list[str], *, log: Path) -> None:
+    """Run `argv` with its output appended to `log`; exit with the log's end when it fails."""
     with log.open("a") as out:
         out.write(f"$ {' '.join(argv)}\n")
         out.flush()

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.llama_server import run_logged
 
 TOKENIZER_SCRIPT = Path(__file__).with_name("data") / "make_tokenizer.py"
 
@@ -64,12 +65,15 @@ def build(tool: Tool, *, say: Callable[[str], None] = print) -> Path:
     name their interpreter by path, so it is built where it stays)."""
     target = venv(tool)
     shutil.rmtree(target, ignore_errors=True)  # a build cut half-way
+    target.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     say(f"installing {tool.name} {tool.version} in a virtualenv of its own (once; about a GB)")
-    _run([sys.executable, "-m", "venv", str(target)], log=target.with_name(target.name + ".log"))
+    run_logged(
+        [sys.executable, "-m", "venv", str(target)], log=target.with_name(target.name + ".log")
+    )
     pip = [str(target / "bin" / "python"), "-m", "pip", "install", "--quiet"]
     for packages in tool.installs:
-        _run([*pip, *packages], log=target.with_name(target.name + ".log"))
+        run_logged([*pip, *packages], log=target.with_name(target.name + ".log"))
     (target / ".complete").touch()
     say(f"installed {target} in {time.monotonic() - started:.0f} s")
     return target / "bin" / tool.command
@@ -79,22 +83,9 @@ def build_tokenizer(*, say: Callable[[str], None] = print) -> Path:
     """The tokenizer directory, made with the tokenizers and transformers of AIPerf's venv."""
     out = cache_dir() / "tokenizer"
     python = venv(AIPERF) / "bin" / "python"
-    _run([str(python), str(TOKENIZER_SCRIPT), str(out)], log=cache_dir() / "tokenizer.log")
+    run_logged([str(python), str(TOKENIZER_SCRIPT), str(out)], log=cache_dir() / "tokenizer.log")
     say(f"made {out}")
     return out
-
-
-def _run(argv: list[str], *, log: Path) -> None:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a") as out:
-        out.write(f"$ {' '.join(argv)}\n")
-        out.flush()
-        code = subprocess.call(argv, stdout=out, stderr=subprocess.STDOUT)
-    if code != 0:
-        tail = log.read_text(errors="replace").splitlines()[-30:]
-        raise SystemExit(
-            f"{argv[0]} failed with exit {code}; the end of {log}:\n" + "\n".join(tail)
-        )
 
 
 def main() -> int:
