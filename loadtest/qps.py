@@ -43,7 +43,8 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 from probe import LoopProbe
 from scenario import OptionError, Options, add_options
-from verdict import INVALID, Record, Verdict, arrivals, finite, judge, render
+from tracefile import replay
+from verdict import INVALID, Record, Verdict, finite, judge, ramp_arrivals, render
 from webui import Board, Measures, install, render_measures
 from workload import Prompts, read_stream, read_whole
 
@@ -73,6 +74,8 @@ class Load:
         self.prompts = Prompts(options)
         self.probe = LoopProbe()
         users = max(1, int(getattr(env.parsed_options, "cardinal_users", 1) or 1))
+        if options.trace and users != 1:
+            raise OptionError("--trace", f"replays on one user (-u 1), not {users}")
         if options.concurrency % users:
             split = f"{options.concurrency} is not split evenly over {users} users (-u)"
             raise OptionError("--concurrency", split)
@@ -90,13 +93,17 @@ class Load:
         rng = random.Random(seed + 1)
         start = time.time()
         self.start = min(self.start, start)
+        if self.options.trace:
+            self._replay(start, rng)
+            return
         if self.options.concurrency:
             for loop in range(self.options.concurrency // total):
                 self.requests.spawn(self._closed_loop, random.Random(seed * 1000 + loop + 1))
             while True:  # the loops run until Locust stops this user
                 gevent.sleep(3600)
-        for due in arrivals(
+        for due in ramp_arrivals(
             self.options.target_qps / total,
+            ramp_s=self.options.ramp_s,
             start=start,
             seed=seed,
             kind=self.options.arrival,
@@ -109,6 +116,20 @@ class Load:
             rec = Record(scheduled=due)
             self.records.append(rec)
             self.requests.spawn(self._request, rec, self.prompts.body(rng))
+
+    def _replay(self, start: float, rng: random.Random) -> None:
+        """The trace's arrivals at their times (scaled), each with the trace's lengths."""
+        o = self.options
+        for due, a in replay(o.trace, start=start, speed=o.trace_speed):
+            delay = due - time.time()
+            if delay > 0:
+                gevent.sleep(delay)
+            rec = Record(scheduled=due)
+            self.records.append(rec)
+            body = self.prompts.body(
+                rng, prompt=max(1, a.prompt_tokens), output=max(1, a.output_tokens)
+            )
+            self.requests.spawn(self._request, rec, body)
 
     def _closed_loop(self, rng: random.Random) -> None:
         """One request in flight: the next is sent when the last ends (after an error, 50 ms

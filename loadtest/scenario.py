@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import tracefile as traces
 import yaml
 from verdict import Settings, min_requests
 
@@ -39,6 +40,9 @@ def add_options(parser: Any) -> None:
         default="poisson",
         help="arrival process: poisson, constant, or gamma:cv=N (bursty when N > 1)",
     )
+    add("--trace", env_var="LOCUST_TRACE", help="replay arrivals and lengths from this trace")
+    add("--trace-speed", env_var="LOCUST_TRACE_SPEED", help="replay N times as fast")
+    add("--ramp", env_var="LOCUST_RAMP", help="rise to the rate linearly over this, e.g. 30s")
     add("--warmup", env_var="LOCUST_WARMUP", help="not judged at the start (default: 2 x e2e SLO)")
     add("--cooldown", env_var="LOCUST_COOLDOWN", help="not judged at the end (default: e2e SLO)")
     add("--model", env_var="LOCUST_MODEL", help="the `model` of every request")
@@ -89,16 +93,20 @@ class Options:
         self.model = o.model or plan.get("inputs", {}).get("model")
         if not self.model:
             raise OptionError("--model", "required (or --plan)")
+        self.trace, self.trace_speed = _trace(o, wl.get("target_qps"))
         self.concurrency = _count("--concurrency", o.concurrency) if o.concurrency else 0
+        if self.concurrency and self.trace:
+            raise OptionError("--concurrency", "a closed loop replays no --trace: give one")
         if o.concurrency and not self.concurrency:
             raise OptionError("--concurrency", "must be 1 or more")
         if self.concurrency and o.target_qps:
             raise OptionError("--concurrency", "a closed loop has no --target-qps: give one")
-        self.target_qps = (
-            0.0
-            if self.concurrency
-            else _positive("--target-qps", o.target_qps or wl.get("target_qps"))
-        )
+        if self.concurrency:
+            self.target_qps = 0.0
+        elif self.trace:
+            self.target_qps = traces.mean_rate(self.trace) * self.trace_speed
+        else:
+            self.target_qps = _positive("--target-qps", o.target_qps or wl.get("target_qps"))
         self.prompt_tokens = int(
             _positive("--prompt-tokens", o.prompt_tokens or wl.get("prompt_tokens") or 512)
         )
@@ -125,9 +133,18 @@ class Options:
         if self.shared_prefix and (o.prompts_file or self.shared_prefix >= self.prompt_tokens):
             why = "with --prompts-file" if o.prompts_file else "of --prompt-tokens or more"
             raise OptionError("--shared-prefix", f"{self.shared_prefix} tokens {why}: no room")
+        self.ramp_s = _duration("--ramp", o.ramp) if o.ramp else 0.0
+        if self.ramp_s and (self.concurrency or self.trace):
+            raise OptionError("--ramp", "ramps an arrival rate: not with --concurrency or --trace")
+        warmup = _duration("--warmup", o.warmup) if o.warmup else min(2 * worst, 60.0)
+        if o.warmup and warmup < self.ramp_s:
+            raise OptionError(
+                "--ramp",
+                f"longer than --warmup {o.warmup}: the judged window would hold part of it",
+            )
         self.settings = Settings(
             target_qps=self.target_qps,
-            warmup_s=_duration("--warmup", o.warmup) if o.warmup else min(2 * worst, 60.0),
+            warmup_s=max(warmup, self.ramp_s),
             cooldown_s=_duration("--cooldown", o.cooldown)
             if o.cooldown
             else min(worst * 1.1, 120.0),
@@ -143,9 +160,29 @@ class Options:
             if o.min_requests
             else min_requests(_number("--slo-percentile", o.slo_percentile)),
             concurrency=self.concurrency,
+            trace=Path(o.trace).name if o.trace else "",
         )
         if not 0 < self.settings.percentile <= 100:
             raise OptionError("--slo-percentile", "must be in (0, 100]")
+
+
+def _trace(o: Any, plan_qps: Any) -> tuple[list[traces.Arrival], float]:
+    """(the trace's arrivals, replay speed): --trace-speed, else scaled to the target rate
+    (--target-qps, else the plan's), else as recorded. No trace: ([], 1.0)."""
+    if not o.trace:
+        if o.trace_speed:
+            raise OptionError("--trace-speed", "replays a --trace: give one")
+        return [], 1.0
+    if o.trace_speed and o.target_qps:
+        raise OptionError("--trace-speed", "and --target-qps both scale the trace: give one")
+    try:
+        rows = traces.read(o.trace)
+    except traces.TraceError as e:
+        raise OptionError("--trace", str(e)) from None
+    if o.trace_speed:
+        return rows, _positive("--trace-speed", o.trace_speed)
+    target = o.target_qps or plan_qps
+    return rows, _positive("--target-qps", target) / traces.mean_rate(rows) if target else 1.0
 
 
 def _arrival(value: Any) -> tuple[str, float]:

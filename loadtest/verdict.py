@@ -59,6 +59,7 @@ class Settings:
     min_window_s: float = MIN_WINDOW_S
     min_requests: int = 100  # in the window (min_requests(percentile) by default in scenario.py)
     concurrency: int = 0  # closed loop with this many requests in flight (0: open loop at the rate)
+    trace: str = ""  # the trace replayed (its file name): the offered rate is the trace's own
 
 
 @dataclass
@@ -145,6 +146,22 @@ def arrivals(
         else:
             times = sorted(t0 + rng.random() * block_s for _ in range(n))
         yield from times
+
+
+def ramp_arrivals(
+    rate: float, *, ramp_s: float, start: float, edges: Sequence[float] = (), **kw: Any
+) -> Iterator[float]:
+    """`arrivals` whose rate rises linearly from 0 to `rate` over `ramp_s`, then holds: the
+    arrivals at the full rate in operational time u, mapped to t = sqrt(2 ramp_s u) before u =
+    ramp_s / 2 and to t = u + ramp_s / 2 after it. Edges at or after the ramp's end still fall on
+    block boundaries, so a window after the ramp offers the rate exactly."""
+    if ramp_s <= 0:
+        yield from arrivals(rate, start=start, edges=edges, **kw)
+        return
+    half = ramp_s / 2
+    shifted = [e - half for e in edges if e >= ramp_s]
+    for u in arrivals(rate, start=0.0, edges=shifted, **kw):
+        yield start + (math.sqrt(2 * ramp_s * u) if u < half else u + half)
 
 
 def _blocks(block_s: float, edges: list[float]) -> Iterator[tuple[float, float]]:
@@ -283,6 +300,8 @@ def _validity(
 ) -> list[Check]:
     lag = percentile([r.sent - r.scheduled for r in sent], 99)
     schedule = [] if s.concurrency else _schedule_checks(window, sent, s, span=span, lag=lag)
+    if s.trace:  # the trace's bursts set the window's rate, not the mean it was scaled to
+        schedule = [c for c in schedule if c.name != "offered QPS"]
     return [
         Check(
             "measurement window",
@@ -478,9 +497,12 @@ def render(v: Verdict, s: Settings) -> str:
             "fleet slows a closed loop down and hides its queue (give --target-qps for that)",
         ]
     else:
+        target = (
+            f"trace {s.trace}, mean {s.target_qps:.3g}" if s.trace else f"target {s.target_qps:g}"
+        )
         load = [
             f"  window {lo:.0f}-{hi:.0f} s: {v.scheduled} scheduled ({v.offered_qps:.2f} QPS "
-            f"offered, target {s.target_qps:g}), {v.sent} sent ({v.sent_qps:.2f} QPS), "
+            f"offered, {target}), {v.sent} sent ({v.sent_qps:.2f} QPS), "
             f"{v.completed} completed ({v.completed_qps:.2f} QPS)",
         ]
     lines = [

@@ -98,15 +98,19 @@ class Prompts:
         words = [rng.choice(WORDS) for _ in range(max(1, prefix - MESSAGE_OVERHEAD))]
         self._system = [{"role": "system", "content": " ".join(words)}] if prefix else []
 
-    def body(self, rng: random.Random) -> dict[str, Any]:
+    def body(
+        self, rng: random.Random, *, prompt: int | None = None, output: int | None = None
+    ) -> dict[str, Any]:
+        """A request's body; `prompt` and `output` (a trace's lengths) instead of the drawn."""
         o = self.options
-        out = spread(rng, o.output_tokens, o.output_spread)
+        out = output if output is not None else spread(rng, o.output_tokens, o.output_spread)
         if o.prompts:
             row = o.prompts[rng.randrange(len(o.prompts))]
             messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
             out = int(row.get("max_tokens") or out)
         else:
-            length = spread(rng, o.prompt_tokens, o.prompt_spread) - o.shared_prefix
+            drawn = prompt if prompt is not None else spread(rng, o.prompt_tokens, o.prompt_spread)
+            length = drawn - o.shared_prefix
             words = max(1, length - CHAT_OVERHEAD)
             at = rng.randrange(len(self._corpus) - words) if words < len(self._corpus) else 0
             user = {"role": "user", "content": " ".join(self._corpus[at : at + words])}

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import itertools
 import json
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -40,6 +42,7 @@ from loadtest.verdict import (
     judge,
     lag_limit,
     min_requests,
+    ramp_arrivals,
     render,
 )
 
@@ -184,6 +187,21 @@ def test_gamma_arrivals_are_as_bursty_as_asked_and_keep_the_rate(cv: float) -> N
     spread = math.sqrt(sum((g - mean) ** 2 for g in gaps) / len(gaps)) / mean
     print(f"cv {cv}: the gaps' measured cv {spread:.2f}")
     assert spread == pytest.approx(cv, rel=0.1)
+
+
+def test_a_ramp_rises_linearly_then_offers_the_rate_exactly() -> None:
+    """--ramp 10s at 20 QPS: 25 arrivals in the first 5 s (20 x 5^2 / 20), 100 in the ramp, and
+    the window after it holds the rate to within one request."""
+    counts = {"first half": [], "ramp": [], "window": []}
+    for seed in range(20):
+        stream = ramp_arrivals(20.0, ramp_s=10.0, start=0.0, seed=seed, edges=(10.0, 40.0))
+        times = list(itertools.takewhile(lambda t: t < 40.0, stream))
+        counts["first half"].append(sum(t < 5 for t in times))
+        counts["ramp"].append(sum(t < 10 for t in times))
+        counts["window"].append(sum(t >= 10 for t in times))
+    assert sum(counts["first half"]) / 20 == pytest.approx(25, rel=0.1)
+    assert sum(counts["ramp"]) / 20 == pytest.approx(100, abs=1)
+    assert all(abs(n - 600) <= 1 for n in counts["window"])
 
 
 @pytest.mark.parametrize("rate", [1.5, 500])
@@ -437,6 +455,10 @@ def test_bad_options_name_the_flag(plan_path: Path) -> None:
         (["--plan", str(plan_path), "--arrival", "gamma:cv=0"], "--arrival"),
         (["--plan", str(plan_path), "--shared-prefix", "5000"], "--shared-prefix"),
         (["--plan", str(plan_path), "--concurrency", "3", "-u", "2"], "--concurrency"),
+        (["--plan", str(plan_path), "--trace", "missing.csv"], "--trace"),
+        (["--plan", str(plan_path), "--ramp", "30s", "--warmup", "10s"], "--ramp"),
+        (["--plan", str(plan_path), "--ramp", "30s", "--concurrency", "2"], "--ramp"),
+        (["--plan", str(plan_path), "--trace-speed", "2"], "--trace-speed"),
         (["--plan", str(plan_path), "--concurrency", "4", "--target-qps", "2"], "--concurrency"),
     ):
         run = _locust("--host", "http://127.0.0.1:9", *args, seconds=5)
@@ -563,6 +585,44 @@ async def test_a_closed_loop_keeps_its_concurrency_and_says_it_offered_no_rate(
     open_loop = {"offered QPS", "completed QPS", "requests sent on time", "queue not growing"}
     assert not names & open_loop
     assert {"p95 TTFT", "SLO attainment", "error rate"} <= names
+
+
+@pytest.mark.asyncio
+async def test_a_trace_is_replayed_at_its_times_with_its_lengths(tmp_path: Path) -> None:
+    """A JSONL trace of 30 arrivals in bursts, replayed twice as fast: the card gets each
+    request at the trace's time (scaled) with the trace's prompt length and max_tokens."""
+    from gateway.sim.prompt import chat_tokens  # noqa: PLC0415
+
+    rng = random.Random(5)
+    t, rows = 0.0, []
+    for i in range(30):
+        t += 0.02 if i % 10 else 1.0  # a burst of 10 every second
+        rows.append({"t": round(t, 3), "prompt_tokens": rng.randrange(20, 400),
+                     "output_tokens": rng.randrange(1, 6)})  # fmt: skip
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got: list[tuple[float, dict]] = []
+
+    async def card(request: web.Request) -> web.StreamResponse:
+        got.append((time.time(), await request.json()))
+        return await _fast_card(request)
+
+    async with _card_url(card) as url:
+        v = await _locust_summary(
+            tmp_path / "trace.json", "--host", url, "-t", "2s", "--trace", str(trace),
+            "--trace-speed", "2", "--ttft-slo", "1s", "--warmup", "0s", "--cooldown", "0s",
+            *SHORT_RUN,
+        )  # fmt: skip
+    first = got[0][0]
+    span = rows[-1]["t"] - rows[0]["t"]
+    period = span + span / (len(rows) - 1)  # at its end the trace starts again one mean gap on
+    due = [(r["t"] - rows[0]["t"] + lap * period) / 2 for lap in (0, 1) for r in rows]
+    assert 30 < len(got) < 60  # 2 s at twice the speed: one lap of 1.2 s, then part of a second
+    for (at, body), row, t in zip(got, rows + rows, due, strict=False):
+        assert chat_tokens(body["messages"]) == row["prompt_tokens"]
+        assert body["max_tokens"] == row["output_tokens"]
+        assert at - first == pytest.approx(t, abs=0.05)
+    assert v["offered_qps"] > 0 and "offered QPS" not in {c["name"] for c in v["validity"]}
 
 
 @asynccontextmanager
