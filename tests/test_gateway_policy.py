@@ -300,7 +300,7 @@ def _event(content: str | None = None, role: bool = False) -> bytes:
 def test_stream_meter_times_tokens_not_the_role_event() -> None:
     ttft: list[float] = []
     itl: list[float] = []
-    m = StreamMeter(start_s=0.0, ttft=ttft.append, itl=itl.append)
+    m = StreamMeter(start_s=0.0, ttft=ttft.append, itl=lambda gap, n: itl.extend([gap] * n))
     m.feed(_event(role=True), 0.1)
     head = _event("Hel")
     m.feed(head[:10], 0.2)  # an event split across reads
@@ -316,7 +316,7 @@ def test_stream_meter_times_tokens_not_the_role_event() -> None:
 
 
 def test_stream_meter_counts_events_without_usage() -> None:
-    m = StreamMeter(start_s=0.0, ttft=lambda s: None, itl=lambda s: None)
+    m = StreamMeter(start_s=0.0, ttft=lambda s: None, itl=lambda gap, n: None)
     m.feed(_event("a") + _event("b") + _event("c") + b"data: [DONE]\n\n", 1.0)
     assert m.tokens == 3 and m.first_s == 1.0
 

@@ -69,7 +69,7 @@ def test_the_stream_path_json_reads_what_the_standard_library_reads(
 
 def test_a_first_token_with_an_infinite_logprob_is_timed() -> None:
     ttfts: list[float] = []
-    meter = StreamMeter(start_s=0.0, ttft=ttfts.append, itl=lambda _: None)
+    meter = StreamMeter(start_s=0.0, ttft=ttfts.append, itl=lambda gap, n: None)
     meter.feed(NEG_INF + b"\n\n", 0.25)
     assert ttfts == [0.25] and meter.tokens == 1
 
@@ -83,12 +83,12 @@ def test_usage_reads_chat_and_responses_api_counts() -> None:
 
 
 def test_the_counted_check_of_many_events_never_passes_what_the_event_walk_refuses() -> None:
-    """_all_plain (counts over a read of many events) against _plain_data on each event, over
+    """plain_events (counts over a read of many events) against _plain_data on each event, over
     random mixes of plain, odd and broken events: it may send a read to the slow path, never
     pass one the walk would stop."""
     import random
 
-    from gateway.server.sse import _all_plain, _plain_data
+    from gateway.server.sse import _plain_data, plain_events
 
     pieces = [
         b'data: {"a":1}', b"data: [DONE]", b'data: {"x": "data: {"}', b'data: {"a"',
@@ -99,7 +99,47 @@ def test_the_counted_check_of_many_events_never_passes_what_the_event_walk_refus
     passed = 0
     for _ in range(20000):
         ready = b"".join(rng.choice(pieces) + b"\n\n" for _ in range(rng.randint(1, 5)))
-        if _all_plain(ready):
+        counted = plain_events(ready)
+        if counted >= 0:
             passed += 1
-            assert all(_plain_data(e) for e in ready.split(b"\n\n")[:-1]), ready
+            events = ready.split(b"\n\n")[:-1]
+            assert all(_plain_data(e) for e in events), ready
+            assert counted == sum(e.startswith(b"data: {") for e in events), ready
     assert passed > 100  # the fast path is taken for plain reads
+
+
+def test_the_framers_count_gives_the_meter_what_its_own_count_gives() -> None:
+    """A stream cut at random into reads, through the framer: the meter fed the framer's count
+    of each read's events times and counts the tokens as the meter counting them itself."""
+    import json
+    import random
+
+    def event(body: dict) -> bytes:
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+    role = event({"choices": [{"delta": {"role": "assistant", "content": ""}}]})
+    usage_event = event({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 9}})
+    rng = random.Random(3)
+    for _ in range(300):
+        tokens = [event({"choices": [{"delta": {"content": f"t{i}"}}]}) for i in range(9)]
+        stream = role + b"".join(tokens) + (usage_event if rng.random() < 0.5 else b"")
+        stream += b": ping\n\n" * rng.randint(0, 1) + b"data: [DONE]\n\n"
+        cuts = sorted(rng.sample(range(1, len(stream)), rng.randint(0, 12)))
+        reads = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+        results = []
+        for use_count in (True, False):
+            gaps: list[tuple[float, int]] = []
+            ttfts: list[float] = []
+            meter = StreamMeter(
+                start_s=0.0, ttft=ttfts.append, itl=lambda gap, n: gaps.append((gap, n))
+            )
+            framer, seen = EventFramer(), False
+            for t, read in enumerate(reads):
+                ready, bad = framer.push(read)
+                assert bad is None
+                if ready:
+                    counted = framer.counted if use_count else -1
+                    seen |= meter.feed(ready, 1.0 + t, counted)
+            results.append((meter.tokens, meter.usage, ttfts, gaps, seen))
+        assert results[0] == results[1]
+        assert results[0][0] == 9  # the role event is no token; usage, when sent, says 9 too

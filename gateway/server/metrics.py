@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import bisect
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from gateway.server.backend import Backend
 
@@ -47,9 +50,9 @@ class GatewayMetrics:
             "gateway_time_to_first_token_seconds", "Time to the first streamed token.",
             ("model",), buckets=TTFT_BUCKETS, **r,
         )  # fmt: skip
-        self.itl = Histogram(
+        self.itl = CountedHistogram(
             "gateway_inter_token_latency_seconds", "Time between streamed tokens.",
-            ("model",), buckets=ITL_BUCKETS, **r,
+            ("model",), buckets=ITL_BUCKETS, registry=registry,
         )  # fmt: skip
         self.tokens = Counter("gateway_tokens", "Tokens served.", ("model", "kind"), **r)
         self.inflight = Gauge("gateway_inflight_requests", "Requests in flight.", ("backend",), **r)
@@ -128,3 +131,64 @@ class GatewayMetrics:
         if c is None:
             c = self._children[key] = metric.labels(*labels)
         return c
+
+
+class CountedHistogram:
+    """A histogram whose children take `observe(value, count)`: the tokens that arrive in one
+    read share one gap, and a saturated backend sends dozens a read. prometheus_client's
+    Histogram takes observations one at a time (two locked increments each, 12 % of the
+    gateway's CPU on a saturated stream); this one files a read's tokens in one step. It is
+    exported like any histogram (`_bucket`, `_count`, `_sum`), read on the event loop that
+    writes it, so it takes no lock."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        *,
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.bounds = tuple(float(b) for b in buckets)
+        self._le = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+        self._children: dict[tuple[str, ...], CountedHistogramChild] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> CountedHistogramChild:
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = CountedHistogramChild(self.bounds)
+        return child
+
+    def describe(self) -> list[HistogramMetricFamily]:
+        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in self._children.items():
+            running, buckets = 0, []
+            for le, n in zip(self._le, child.counts, strict=True):
+                running += n
+                buckets.append((le, running))
+            family.add_metric(list(values), buckets, child.sum)
+        yield family
+
+
+class CountedHistogramChild:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # per bucket, not cumulative; the last is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float, count: int = 1) -> None:
+        """`count` observations of `value` (`le` buckets: a value on a bound counts in it)."""
+        self.counts[bisect.bisect_left(self.bounds, value)] += count
+        self.sum += value * count

@@ -319,7 +319,7 @@ class Proxy:
         meter = StreamMeter(
             start_s=call.start_s,
             ttft=m.child(m.ttft, model).observe,
-            itl=m.child(m.itl, model).observe,
+            itl=m.child(m.itl, model).observe,  # (gap, tokens)
         )
         resp = web.StreamResponse(headers=self._headers(call, SSE_HEADERS))
         try:
@@ -358,9 +358,8 @@ class Proxy:
                 await self._cut(call, backend, resp, error, meter)
                 return resp
             if events:
-                meter.feed(events, loop.time())
                 last = events[-64:]
-                if not call.client_usage and (b'"usage":{' in events or b'"usage": {' in events):
+                if meter.feed(events, loop.time(), framer.counted) and not call.client_usage:
                     events = without_usage_events(events)  # asked for by the gateway, not shown
                 try:
                     await self.sends.write(request, resp, events)

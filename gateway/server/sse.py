@@ -44,8 +44,13 @@ class StreamMeter:
     __slots__ = ("start_s", "first_s", "last_s", "events", "usage", "_head", "_ttft", "_itl")
 
     def __init__(
-        self, *, start_s: float, ttft: Callable[[float], None], itl: Callable[[float], None]
+        self,
+        *,
+        start_s: float,
+        ttft: Callable[[float], None],
+        itl: Callable[[float, int], None],
     ) -> None:
+        """`ttft(seconds)` once; `itl(gap, n)`: n tokens that arrived `gap` apart."""
         self.start_s = start_s
         self.first_s: float | None = None
         self.last_s = start_s
@@ -63,39 +68,52 @@ class StreamMeter:
         """Tokens so far: the stream's `usage` where it sent one, else the events counted."""
         return {"completion_tokens": self.tokens, **self.usage}
 
-    def feed(self, chunk: bytes, now: float) -> None:
+    def feed(self, chunk: bytes, now: float, tokens: int = -1) -> bool:
+        """Count and time the tokens of `chunk`; whether it carried a `usage` block.
+        `tokens`: its `data: {` events where the caller counted them (EventFramer.counted),
+        which spares a pass over the bytes; -1: count here."""
         if self.first_s is None:
-            self._before_first(chunk, now)
-            return
-        n = chunk.count(b"data:")
-        if b"[DONE]" in chunk:
-            n -= 1
-        if b'"usage"' in chunk and self._read_usage(chunk) and _usage_only(chunk):
-            n -= 1  # the usage event is no token (SGLang's `"usage": null` on each one is none)
-        if n > 0:
-            # Events that arrive in one read share the gap since the previous read.
-            gap = (now - self.last_s) / n
-            for _ in range(n):
-                self._itl(gap)
-            self.events += n
+            return self._before_first(chunk, now, tokens)
+        if tokens < 0:
+            tokens = chunk.count(b"data:")
+            if b"[DONE]" in chunk:
+                tokens -= 1
+        usage = b'"usage"' in chunk and self._read_usage(chunk)
+        if usage and _usage_only(chunk):
+            tokens -= (
+                1  # the usage event is no token (SGLang's `"usage": null` on each one is none)
+            )
+        if tokens > 0:
+            # Events that arrive in one read share the gap since the previous read: one
+            # observation of n gaps, not n observations.
+            self._itl((now - self.last_s) / tokens, tokens)
+            self.events += tokens
             self.last_s = now
+        return usage
 
-    def _before_first(self, chunk: bytes, now: float) -> None:
-        self._head += chunk
-        *events, self._head = self._head.split(b"\n\n")
-        for i, event in enumerate(events):
-            if self.first_s is None:
-                if _is_token(event):
-                    self.first_s = self.last_s = now
-                    self.events = 1
-                    self._ttft(now - self.start_s)
-            else:  # events after the first token in this same read
-                rest = b"\n\n".join(events[i:]) + b"\n\n" + self._head
+    def _before_first(self, chunk: bytes, now: float, tokens: int) -> bool:
+        """Parse whole events up to the first token; what follows it in the same read is
+        counted as feed() counts (a slice, not a split and a join of every event)."""
+        if self._head:
+            head, tokens = self._head + chunk, -1  # the caller's count is of `chunk` alone
+        else:
+            head = chunk
+        at, seen = 0, False
+        while (end := head.find(b"\n\n", at)) >= 0:
+            event, at = head[at:end], end + 2
+            if tokens > 0 and event.startswith(b"data: {"):
+                tokens -= 1  # counted by the caller, parsed here
+            if b'"usage"' in event and self._read_usage(event):
+                seen = True
+            if _is_token(event):
+                self.first_s = self.last_s = now
+                self.events = 1
+                self._ttft(now - self.start_s)
                 self._head = b""
-                self.feed(rest, now)
-                return
-        if self.first_s is not None:
-            self._head = b""
+                rest = head[at:]
+                return (self.feed(rest, now, tokens) if rest else False) or seen
+        self._head = head[at:] if at else head
+        return seen
 
     def _read_usage(self, chunk: bytes) -> bool:
         found = usage(chunk)
@@ -150,10 +168,13 @@ class EventFramer:
     like one JSON object (braces at both ends; a full parse of every event would cost more than
     the relay itself)."""
 
-    __slots__ = ("_tail",)
+    __slots__ = ("_tail", "counted")
 
     def __init__(self) -> None:
         self._tail = b""
+        # the `data: {` events of the last whole events returned, where the check counted them
+        # (a read of plain events), else -1
+        self.counted = -1
 
     @property
     def pending(self) -> bytes:
@@ -165,16 +186,19 @@ class EventFramer:
         data = self._tail + chunk if self._tail else chunk
         if _one_data_event(data):  # the common case: one `data: {...}` event per read
             self._tail = b""
+            self.counted = 1
             return data, None
+        self.counted = -1
         end = data.rfind(b"\n\n") + 2
         if end == 1:  # no LF LF: perhaps CR LF CR LF, or no event end at all
             ends = [m.end() for m in EVENT_END.finditer(data)]
             end = ends[-1] if ends else 0
         ready, self._tail = data[:end], data[end:]
-        # LF-only events (every engine's) split without a regex; a one-line `data: {...}` or
-        # `data: [DONE]` passes without looking at its lines
+        # LF-only events (every engine's) are checked by counts over the bytes; a read that
+        # fails them is walked event by event
         crlf = b"\r" in ready
-        if not crlf and _all_plain(ready):
+        if not crlf and (counted := plain_events(ready)) >= 0:
+            self.counted = counted
             return ready, None
         events = EVENT_END.split(ready) if crlf else ready.split(b"\n\n")
         for event in events:
@@ -193,18 +217,23 @@ def _one_data_event(data: bytes) -> bool:
     )
 
 
-def _all_plain(ready: bytes) -> bool:
-    """Every event of `ready` (whole LF-only events) is what _plain_data accepts, by counts over
-    the bytes instead of a call per event: its only newlines are the n event ends, and each of
-    its n events but the exact `data: [DONE]` ones starts `data: {` and ends `}`. Anything
-    else (an empty event, another field, `data: {` inside a string) fails a count and takes the
-    event-by-event path."""
-    n = ready.count(b"\n\n")
-    if ready.count(b"\n") != 2 * n:
-        return False
-    done = ready.startswith(b"data: [DONE]\n\n") + ready.count(b"\n\ndata: [DONE]\n\n")
+DONE_EVENT = b"data: [DONE]\n\n"
+
+
+def plain_events(ready: bytes) -> int:
+    """How many `data: {...}` events `ready` (whole LF-only events) holds, when each of its
+    events is a single-line `data: {...}` but for a last `data: [DONE]`; else -1. By three
+    counts over the bytes instead of a call per event: with k `}` LF LF and d = 1 for a closing
+    `[DONE]` event, 2(k + d) newlines in all leave none but those event ends, so the text is k + d
+    single-line events; each of the k then starts `data: {` when that opening occurs k times
+    (at the start, or after an event end). Anything else (an empty event, another field,
+    `data: {` inside a string, a second `[DONE]`) fails a count and takes the walk."""
+    k = ready.count(b"}\n\n")
+    done = ready.endswith(DONE_EVENT) and (len(ready) == 14 or ready[-16:-14] == b"\n\n")
+    if ready.count(b"\n") != 2 * (k + done):
+        return -1
     opened = ready.startswith(b"data: {") + ready.count(b"\n\ndata: {")
-    return opened == ready.count(b"}\n\n") == n - done
+    return k if opened == k else -1
 
 
 def _plain_data(event: bytes) -> bool:
