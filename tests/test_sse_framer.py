@@ -131,7 +131,9 @@ def test_the_framers_count_gives_the_meter_what_its_own_count_gives() -> None:
             gaps: list[tuple[float, int]] = []
             ttfts: list[float] = []
             meter = StreamMeter(
-                start_s=0.0, ttft=ttfts.append, itl=lambda gap, n: gaps.append((gap, n))
+                start_s=0.0,
+                ttft=ttfts.append,
+                itl=lambda gap, n, gaps=gaps: gaps.append((gap, n)),
             )
             framer, seen = EventFramer(), False
             for t, read in enumerate(reads):

@@ -217,23 +217,20 @@ def _one_data_event(data: bytes) -> bool:
     )
 
 
-DONE_EVENT = b"data: [DONE]\n\n"
+# whole single-line `data: {...}` events, then at most one `data: [DONE]`: one pass of the
+# regex engine (a fifth of the cost of splitting the read, a third of counting three patterns)
+PLAIN_EVENTS = re.compile(rb"(?:data: \{[^\n]*\}\n\n)*(data: \[DONE\]\n\n)?")
 
 
 def plain_events(ready: bytes) -> int:
     """How many `data: {...}` events `ready` (whole LF-only events) holds, when each of its
-    events is a single-line `data: {...}` but for a last `data: [DONE]`; else -1. By three
-    counts over the bytes instead of a call per event: with k `}` LF LF and d = 1 for a closing
-    `[DONE]` event, 2(k + d) newlines in all leave none but those event ends, so the text is k + d
-    single-line events; each of the k then starts `data: {` when that opening occurs k times
-    (at the start, or after an event end). Anything else (an empty event, another field,
-    `data: {` inside a string, a second `[DONE]`) fails a count and takes the walk."""
-    k = ready.count(b"}\n\n")
-    done = ready.endswith(DONE_EVENT) and (len(ready) == 14 or ready[-16:-14] == b"\n\n")
-    if ready.count(b"\n") != 2 * (k + done):
+    events is a single-line `data: {...}` but for a last `data: [DONE]`; else -1. A read that
+    matches has no newline but its events' ends, so it holds half its newlines' count of
+    events. Anything else (an empty event, another field, a second `[DONE]`) takes the walk."""
+    match = PLAIN_EVENTS.fullmatch(ready)
+    if match is None:
         return -1
-    opened = ready.startswith(b"data: {") + ready.count(b"\n\ndata: {")
-    return k if opened == k else -1
+    return ready.count(b"\n") // 2 - (match.group(1) is not None)
 
 
 def _plain_data(event: bytes) -> bool:
