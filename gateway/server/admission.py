@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Collection, Sequence
+from typing import Protocol
 
 from gateway.server.backend import Backend
 from gateway.server.config import AdmissionConfig
@@ -17,13 +18,28 @@ from gateway.server.metrics import GatewayMetrics
 from gateway.server.policy import Policy, RouteRequest
 
 
-class _Waiter:
+class Handoff(Protocol):
+    """Where a freed slot is handed to a waiter: an asyncio future in the server, a callback in
+    virtual time (gateway/whatif)."""
+
+    def done(self) -> bool: ...
+
+    def cancelled(self) -> bool: ...
+
+    def result(self) -> Backend: ...
+
+    def set_result(self, backend: Backend, /) -> None: ...
+
+
+class Waiter:
     __slots__ = ("route", "exclude", "future")
 
-    def __init__(self, route: RouteRequest, exclude: Collection[Backend]) -> None:
+    def __init__(
+        self, route: RouteRequest, exclude: Collection[Backend], future: Handoff | None = None
+    ) -> None:
         self.route = route
         self.exclude = exclude
-        self.future: asyncio.Future[Backend] = asyncio.get_running_loop().create_future()
+        self.future: Handoff = future or asyncio.get_running_loop().create_future()
 
     def can_use(self, b: Backend) -> bool:
         return b.up and b.serves(self.route.model) and b not in self.exclude
@@ -41,7 +57,7 @@ class Admission:
         self.policy = policy
         self.config = config
         self.metrics = metrics
-        self.queue: deque[_Waiter] = deque()
+        self.queue: deque[Waiter] = deque()
         self._by_model: dict[str, list[Backend]] = {}
         self.rebuild()
 
@@ -85,6 +101,16 @@ class Admission:
         self, route: RouteRequest, *, exclude: Collection[Backend] = ()
     ) -> tuple[Backend, float]:
         """A backend with a slot taken for this request, and the seconds spent waiting."""
+        b = self.try_acquire(route, exclude=exclude)
+        if b is not None:
+            return b, 0.0
+        return await self._wait(route, exclude)
+
+    def try_acquire(
+        self, route: RouteRequest, *, exclude: Collection[Backend] = ()
+    ) -> Backend | None:
+        """A backend with a slot taken now, or None when every one that could serve is full
+        (then the request may `enqueue`). Raises when none could serve."""
         serving = self._by_model.get(route.model)
         if serving is None:
             raise ModelNotFound(f"The model `{route.model}` does not exist.", param="model")
@@ -93,38 +119,46 @@ class Admission:
             self._reject("no_backend")
             raise NoBackend(f"no healthy backend serves `{route.model}` right now")
         free = [b for b in up if b.inflight < b.max_inflight]
-        if free:
-            b = self.policy.choose(free, route)
-            b.inflight += 1
-            return b, 0.0
-        return await self._wait(route, exclude)
+        if not free:
+            return None
+        b = self.policy.choose(free, route)
+        b.inflight += 1
+        return b
+
+    def enqueue(self, waiter: Waiter) -> None:
+        """Queue a waiter for the next slot it can use, or refuse it when the queue is full."""
+        if len(self.queue) >= self.config.queue_size:
+            self._reject("queue_full")
+            raise Overloaded(
+                f"all backends for `{waiter.route.model}` are busy and the queue is full "
+                f"({self.config.queue_size} waiting)",
+                retry_after_s=self.config.retry_after_s,
+            )
+        self.queue.append(waiter)
+
+    def timed_out(self, waiter: Waiter) -> Overloaded:
+        """A waiter's queue timeout passed: out of the queue, and the error it gets."""
+        self.give_up(waiter)
+        self._reject("queue_timeout")
+        return Overloaded(
+            f"no slot for `{waiter.route.model}` within {self.config.queue_timeout_s:g} s",
+            retry_after_s=self.config.retry_after_s,
+        )
 
     async def _wait(
         self, route: RouteRequest, exclude: Collection[Backend]
     ) -> tuple[Backend, float]:
-        if len(self.queue) >= self.config.queue_size:
-            self._reject("queue_full")
-            raise Overloaded(
-                f"all backends for `{route.model}` are busy and the queue is full "
-                f"({self.config.queue_size} waiting)",
-                retry_after_s=self.config.retry_after_s,
-            )
-        waiter = _Waiter(route, exclude)
-        self.queue.append(waiter)
+        waiter = Waiter(route, exclude)
+        self.enqueue(waiter)
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         try:
             async with asyncio.timeout(self.config.queue_timeout_s):
                 backend = await waiter.future
         except TimeoutError:
-            self._give_up(waiter)
-            self._reject("queue_timeout")
-            raise Overloaded(
-                f"no slot for `{route.model}` within {self.config.queue_timeout_s:g} s",
-                retry_after_s=self.config.retry_after_s,
-            ) from None
+            raise self.timed_out(waiter) from None
         except BaseException:
-            self._give_up(waiter)  # the client went away while waiting
+            self.give_up(waiter)  # the client went away while waiting
             raise
         return backend, loop.time() - t0
 
@@ -145,7 +179,7 @@ class Admission:
                 b.inflight += 1
                 waiter.future.set_result(b)
 
-    def _give_up(self, waiter: _Waiter) -> None:
+    def give_up(self, waiter: Waiter) -> None:
         # A slot handed over in the same tick as the timeout or cancel must not leak.
         fut = waiter.future
         if fut.done() and not fut.cancelled():
