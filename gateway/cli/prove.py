@@ -41,6 +41,15 @@ def add_prove_parser(sub: Any) -> None:
     prove.add_argument("--report", type=Path, default=Path("report"), help="report directory")
     prove.add_argument("--tokens-per-event", type=positive(int), default=4)
     prove.add_argument(
+        "--policy",
+        choices=("round_robin", "least_outstanding", "engine_aware", "affinity"),
+        help="the gateway's routing (default: the rendered config's)",
+    )
+    prove.add_argument(
+        "--trace", type=Path, help="replay this trace's arrivals and lengths (Azure CSV or "
+        "JSONL), scaled to the target rate: the traffic `cardinal whatif --trace` runs",
+    )  # fmt: skip
+    prove.add_argument(
         "--at-scale",
         action="store_true",
         help="prove the plan's at-scale layout (EP groups, or PD prefill and decode workers) "
@@ -52,6 +61,18 @@ def cmd_prove(args: argparse.Namespace, catalog: Catalog) -> int:
     from gateway.prove.fleet import FleetError, new_run
     from gateway.prove.proof import ProveOptions, prove
 
+    if args.trace:
+        from loadtest import tracefile
+
+        if args.at_scale:
+            raise PlanError("--trace replays on the plan's replicas, not --at-scale", field="trace")
+    if args.policy and (args.at_scale or args.gateway):
+        what = "--at-scale" if args.at_scale else "--gateway"
+        raise PlanError(f"--policy configures the gateway prove starts, not {what}", field="policy")
+        try:
+            tracefile.read(str(args.trace))
+        except tracefile.TraceError as e:
+            raise PlanError(str(e), field="trace") from None
     if args.gateway and args.backends:
         raise PlanError("give --gateway or --backends, not both", field="gateway")
     if args.cards and args.backends and args.cards != len(args.backends):
@@ -74,6 +95,8 @@ def cmd_prove(args: argparse.Namespace, catalog: Catalog) -> int:
         check_minimal=args.check_minimal,
         at_scale=args.at_scale,
         tokens_per_event=args.tokens_per_event,
+        trace=args.trace,
+        policy=args.policy,
     )
     new_run()
     previous = {s: signal.signal(s, _interrupted) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -159,14 +159,18 @@ def gateway(
     log: Path,
     slots: Sequence[int | None] = (),
     config: dict[str, Any] | None = None,
+    policy: str | None = None,
 ) -> Iterator[str]:
     """`cardinal serve` over the plan's `backends`, each with the plan's batch as its slots,
-    or with its own where `slots` gives them; `config` (a gateway.yaml's data, no `listen`)
-    instead of either. A written config goes to a gateway.yaml beside `log`."""
+    or with its own where `slots` gives them, routing by `policy` instead of the rendered one;
+    `config` (a gateway.yaml's data, no `listen`) instead of all of those. A written config goes
+    to a gateway.yaml beside `log`."""
     port = free_ports(1)
     argv = [cardinal(), "serve", "--plan", str(plan_path), "--backends", *backends]
-    if config is None and any(slots):
+    if config is None and (any(slots) or policy):
         config = gateway_config(plan_path, backends, slots)
+        if policy:
+            config["routing"]["policy"] = policy
     if config is not None:
         path = log.with_suffix(".yaml")
         path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")

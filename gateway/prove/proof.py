@@ -37,6 +37,8 @@ class ProveOptions:
     check_minimal: bool = False
     tokens_per_event: int = 4
     at_scale: bool = False  # the plan's at-scale layout (prove/at_scale.py), not its replicas
+    trace: Path | None = None  # replay this trace's arrivals and lengths (qps.py --trace)
+    policy: str | None = None  # the gateway's routing, instead of the rendered config's
 
 
 def prove(o: ProveOptions, *, say: Callable[[str], None] = print) -> int:
@@ -53,7 +55,13 @@ def prove(o: ProveOptions, *, say: Callable[[str], None] = print) -> int:
         urls = _fleet(stack, o, n)
         own = engine_slots(urls, plan, say) if o.backends else []
         gw = o.gateway or stack.enter_context(
-            gateway(o.plan_path, backends=urls, log=o.report / "gateway.log", slots=own)
+            gateway(
+                o.plan_path,
+                backends=urls,
+                log=o.report / "gateway.log",
+                slots=own,
+                policy=o.policy,
+            )
         )
         say(f"proving {target:g} QPS on {n} card(s) behind {gw} ({o.duration_s:.0f} s)")
 
@@ -69,6 +77,7 @@ def prove(o: ProveOptions, *, say: Callable[[str], None] = print) -> int:
                 duration_s=o.duration_s,
                 out_dir=o.report,
                 progress=say,
+                scenario=["--trace", str(o.trace)] if o.trace else [],
             )
             say(f"{name} at {qps:.2f} QPS on {len(cards) or n} card(s): {trial.verdict['label']}")
             return trial
@@ -146,7 +155,9 @@ def _minimal(
         return None
     fewer = urls[:-1]
     log = o.report / "gateway-1.log"
-    gw = stack.enter_context(gateway(o.plan_path, backends=fewer, log=log, slots=own[:-1]))
+    gw = stack.enter_context(
+        gateway(o.plan_path, backends=fewer, log=log, slots=own[:-1], policy=o.policy)
+    )
     return run("minus-one", target, gw, fewer)
 
 
