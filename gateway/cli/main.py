@@ -26,6 +26,7 @@ from gateway.cli.render import add_render_parser, cmd_render
 from gateway.cli.search import add_search_arguments
 from gateway.cli.serve import add_serve_parser, cmd_serve
 from gateway.cli.sim import add_sim_parser, cmd_sim
+from gateway.cli.whatif import add_whatif_parser, cmd_whatif
 from gateway.errors import FieldError
 from gateway.planner.catalog import load_catalog
 
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_render_parser(sub)
     add_calibrate_parser(sub)
     add_prove_parser(sub)
+    add_whatif_parser(sub)
     show = sub.add_parser("show", help="validate a plan file and print its report")
     show.add_argument("plan", type=Path)
     return p
@@ -69,6 +71,7 @@ COMMANDS = {
     "serve": cmd_serve,
     "render": cmd_render,
     "calibrate": cmd_calibrate,
+    "whatif": cmd_whatif,
 }
 
 
