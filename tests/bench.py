@@ -63,10 +63,11 @@ def _search(catalog: Catalog) -> None:
 
 
 def main() -> None:
-    from tests import bench_gateway, bench_scaling, bench_sim
+    from tests import bench_gateway, bench_scaling, bench_sim, bench_whatif
 
     planner()
     bench_sim.main()
+    bench_whatif.main()
     bench_gateway.main([])
     bench_scaling.main([])
 

@@ -24,29 +24,23 @@ AFFINE_RTOL = 1e-9  # the step time counts as affine in the context within this
 
 
 class Tally(Sequence):
-    """A sequence that keeps its token count and first and last token times."""
+    """A sequence that keeps its token count (`generated`, a plain attribute here: the engine
+    reads it for every sequence of every step) and its first and last token times."""
+
+    generated = 0  # shadows Sequence's property; set per instance
 
     def __init__(self, **kw: object) -> None:
         super().__init__(**kw)  # type: ignore[arg-type]
-        self.count = 0
+        self.generated = 0
         self.first_s = math.nan
         self.last_s = math.nan
         self.request: object = None  # the whatif request riding on it
         self.on_end: Callable[[Tally], None] | None = None
 
-    @property
-    def generated(self) -> int:
-        return self.count
-
     def _emit(self, t: float) -> None:
-        if not self.count:
+        if not self.generated:
             self.first_s = t
-        self.count += 1
-        self.last_s = t
-
-    def _advance(self, n: int, t: float) -> None:
-        """n tokens at once, the last at `t` (a decoding sequence already has its first)."""
-        self.count += n
+        self.generated += 1
         self.last_s = t
 
     def _end(self, state: str) -> None:
@@ -137,13 +131,13 @@ class VirtualEngine(Engine):
         if not self.runs or batch.prefill or not batch.decode or self._can_admit():
             self.plan = Run(batch, t, 1, self.step_s(batch), 0.0, [])
             return self.plan.end(1)
-        k = min(s.max_tokens - s.generated for s in batch.decode)
+        k = min([s.max_tokens - s.generated for s in batch.decode])
         self.plan = self._run(batch, t, k)
         return self.plan.end(k)
 
     def _run(self, batch: Batch, t: float, k: int) -> Run:
         n = len(batch.decode)
-        ctx = sum(s.context for s in batch.decode) / n
+        ctx = sum([s.prefilled + s.generated for s in batch.decode]) / n  # their mean context
         factor = self.factor
 
         def step(j: int) -> float:
@@ -185,17 +179,19 @@ class VirtualEngine(Engine):
         end = run.end(j)
         self.plan = None
         self.steps += j
+        batch = run.batch
         if run.k == 1:  # one step, whatever it holds: the engine's own bookkeeping
-            seqs = [*run.batch.decode, *(s for s, _ in run.batch.prefill)]
-            before = sum(s.generated for s in seqs)
-            self.complete(run.batch, end)
-            self.tokens += sum(s.generated for s in seqs) - before
+            self.tokens += len(batch.decode) + sum(
+                [s.prefilled + chunk == s.prompt_tokens for s, chunk in batch.prefill]
+            )
+            self.complete(batch, end)
             return end
-        self.tokens += j * len(run.batch.decode)
-        for seq in run.batch.decode:
+        self.tokens += j * len(batch.decode)
+        for seq in batch.decode:
             if seq.state != "running":
                 continue
-            seq._advance(j, end)
+            seq.generated += j  # Tally._advance, inlined: this loop is the simulator's hottest
+            seq.last_s = end
             if seq.generated >= seq.max_tokens:
                 self._release(seq)
                 seq._end("finished")

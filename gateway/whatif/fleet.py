@@ -293,7 +293,7 @@ class Fleet:
         assert card is not None
         card.streams.discard(request)
         card.backend.answered()
-        self.stats.completed(request, seq.first_s, seq.last_s, seq.count)
+        self.stats.completed(request, seq.first_s, seq.last_s, seq.generated)
         self.admission.release(card.backend)
 
     # -- health, scrapes, faults, scaling -------------------------------------------------------
@@ -308,7 +308,7 @@ class Fleet:
         retry = []
         for request in sorted(card.streams, key=lambda r: r.id):
             self.admission.release(b)
-            if request.seq is not None and request.seq.count:
+            if request.seq is not None and request.seq.generated:
                 self.stats.failed(request, self.now, "stream_cut")
             elif len(request.tried) < self.config.max_attempts:
                 retry.append(request)

@@ -1,15 +1,17 @@
 """`cardinal whatif`: a plan's fleet in virtual time, in one process or in shards.
 
-One shard is one gateway over its cards: exact. Several shards (`--shards S`, one process each,
-`multiprocessing`) are S gateways, each over 1/S of the cards with 1/S of the traffic (every S-th
-trace row, or the rate / S with its own seed): a fleet fronted by S gateway replicas that each
-own a cell of it. Scripted events and the autoscaling rule apply to each shard in proportion.
+One shard is one gateway over its cards: exact. Several shards (`--shards S`, over as many
+processes as there are cores, `multiprocessing`) are S gateways, each over 1/S of the cards with
+1/S of the traffic (every S-th trace row, or the rate / S with its own seed): a fleet fronted by
+S gateway replicas that each own a cell of it. Scripted events and the autoscaling rule apply to
+each shard in proportion.
 """
 
 from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -36,6 +38,7 @@ class WhatifOptions:
     shards: int = 1
     seed: int = 0
     records: bool = False  # keep every request's record (small runs: the agreement test)
+    runs: bool = True  # False: every engine step on its own (what the runs save: make bench)
 
 
 @dataclass
@@ -89,6 +92,7 @@ def _shard(options: WhatifOptions, index: int) -> dict[str, Any]:
         autoscale=autoscale,
         seed=o.seed + index,
         records=o.records,
+        runs=o.runs,
     )
     t0 = time.process_time()
     stats = fleet.run()
@@ -117,7 +121,7 @@ def run(options: WhatifOptions) -> Result:
         parts = [_shard(o, 0)]
     else:
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(o.shards) as pool:
+        with ctx.Pool(min(o.shards, os.cpu_count() or 1)) as pool:
             parts = pool.starmap(_shard, [(o, i) for i in range(o.shards)])
     wall = time.monotonic() - t0
     minutes: dict[int, Window] = {}
