@@ -287,6 +287,21 @@ def test_a_queue_shows_the_engines_batch_cap_and_later_scrapes_keep_it() -> None
     assert later.slots == 4
 
 
+def test_a_queue_beside_a_small_batch_does_not_shrink_the_cap_below_the_largest_batch_seen() -> (
+    None
+):
+    """A request that arrives during a long prefill step waits beside a batch of 2: not a cap of
+    2 (that starved the card in `cardinal whatif`), but the largest batch seen, 6; a batch of 9
+    later raises the cap it learnt."""
+    load = EngineLoad()
+    for running, waiting in ((6, 0), (2, 1)):
+        load = engine_load({"running": running, "waiting": waiting}, previous=load,
+                           generated_before=None, now=1)  # fmt: skip
+    assert load.slots == 6
+    load = engine_load({"running": 9, "waiting": 0}, previous=load, generated_before=None, now=2)
+    assert load.slots == 9
+
+
 # -- the SSE meter ---------------------------------------------------------------------------
 
 

@@ -17,9 +17,10 @@ class EngineLoad:
     waiting: float | None = None
     kv_usage: float | None = None  # 0..1
     tokens_per_s: float | None = None  # from the generation-token counter's rate
-    # the engine's batch cap: the requests running at the last scrape that also found some
-    # waiting (a queue means the batch is full); None until a scrape has shown one
+    # the engine's batch cap: the largest batch seen, once a scrape has found requests waiting
+    # beside one (a queue means the batch may be full); None until then
     slots: float | None = None
+    peak_running: float = 0.0  # the largest batch any scrape has seen
     at_s: float = 0.0
 
 

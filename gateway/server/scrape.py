@@ -61,19 +61,28 @@ def read_series(text: str) -> dict[str, float]:
 def engine_load(series: dict[str, float], *, previous: EngineLoad, generated_before: float | None,
                 now: float) -> EngineLoad:  # fmt: skip
     """An EngineLoad from one scrape; the token rate from the counter's change since the last,
-    and the batch cap from the last scrape that found a queue (what ran beside it)."""
+    and the batch cap once a scrape has found a queue: the largest batch seen so far, not the
+    batch beside this queue. A request that arrives during a step waits until the step ends
+    (vLLM counts it in `num_requests_waiting` meanwhile), so a queue beside 2 running may only
+    mean a long prefill step; taken as the cap, it starved that card while the cards never
+    scraped at such a moment took the fleet's traffic (`cardinal whatif`, docs/whatif.md)."""
     rate = None
     generated = series.get("generated")
     if generated is not None and generated_before is not None and now > previous.at_s:
         rate = max(0.0, generated - generated_before) / (now - previous.at_s)
     running, waiting = series.get("running"), series.get("waiting")
+    peak = max(previous.peak_running, running or 0.0)
+    slots = previous.slots
+    if (waiting and running) or slots is not None:
+        slots = peak  # a batch larger than the cap learnt so far raises it too
     return EngineLoad(
         running=running,
         waiting=waiting,
         kv_usage=series.get("kv"),
         tokens_per_s=rate,
-        slots=running if waiting and running else previous.slots,
+        slots=slots,
         at_s=now,
+        peak_running=peak,
     )
 
 
