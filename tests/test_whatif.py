@@ -23,13 +23,10 @@ from gateway.whatif.engine import VirtualEngine
 from gateway.whatif.events import parse_autoscale, parse_event
 from gateway.whatif.fleet import Fleet, gateway_config
 from gateway.whatif.workload import Workload, parse_lengths
+from tests.whatif_agreement import PLAN
 
 CARDINAL = Path(sys.executable).with_name("cardinal")
-DEMO = [
-    "--model", "deepseek-r1-distill-qwen-7b", "--quant", "awq", "--gpu", "l4",
-    "--engine", "vllm", "--target-qps", "15", "--prompt-tokens", "512", "--output-tokens", "128",
-    "--ttft-slo", "2s", "--tpot-slo", "50ms", "--headroom", "10%",
-]  # fmt: skip
+DEMO = PLAN  # the demo plan: 4 L4 cards for 15 QPS of 512/128 tokens
 
 
 @pytest.fixture(scope="module")

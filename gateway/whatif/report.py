@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.whatif.run import Result
+from loadtest.verdict import finite
 
 SCHEMA = 1  # the --json layout, raised when a field changes meaning
 
@@ -51,17 +52,7 @@ def as_dict(r: Result) -> dict[str, Any]:
 
 
 def dumps(r: Result) -> str:
-    return json.dumps(_finite(as_dict(r)), indent=2)
-
-
-def _finite(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    return x
+    return json.dumps(finite(as_dict(r)), indent=2)
 
 
 def _ms(x: float | None) -> str:
@@ -115,7 +106,7 @@ def render(r: Result, *, every: int = 1) -> str:
         f"  TPOT p50/p95/p99 {_ms(t['tpot_p50_s'])}/{_ms(t['tpot_p95_s'])}/"
         f"{_ms(t['tpot_p99_s'])} ms  e2e p95 {_ms(t['e2e_p95_s'])} ms",
         f"GPU-hours {r.gpu_hours:.1f}"
-        + (f", ${r.cost_usd:,.0f} at the plan's GPU price" if r.cost_usd is not None else ""),
+        + (f", ${r.cost_usd:,.2f} at the plan's GPU price" if r.cost_usd is not None else ""),
         f"simulated {o.duration_s:.0f} s in {r.wall_s:.1f} s ({r.sim_per_wall:.0f}x real time, "
         f"{o.shards} shard(s), {r.steps:,} engine steps)",
     ]
