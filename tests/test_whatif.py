@@ -19,7 +19,7 @@ from gateway.cli.main import main
 from gateway.planner.catalog import load_catalog
 from gateway.sim.card import card_from_plan
 from gateway.sim.engine import EngineConfig
-from gateway.whatif.engine import VirtualEngine
+from gateway.whatif.engine import VirtualClock, VirtualEngine
 from gateway.whatif.events import parse_autoscale, parse_event
 from gateway.whatif.fleet import Fleet, gateway_config
 from gateway.whatif.workload import Workload, parse_lengths
@@ -114,11 +114,12 @@ class _Bent:
 @pytest.mark.parametrize("speed", [_Bent()], ids=["quadratic-in-context"])
 def test_a_run_cut_by_an_arrival_ends_at_the_step_the_arrival_joins(speed: Any) -> None:
     config = EngineConfig(kv_tokens=100_000, max_num_seqs=8, max_num_batched_tokens=512)
+    clock = VirtualClock()
     run_engine, step_engine = (
-        VirtualEngine(config=config, speed=speed, runs=r) for r in (True, False)
+        VirtualEngine(config=config, speed=speed, clock=clock, runs=r) for r in (True, False)
     )
     for e in (run_engine, step_engine):
-        e.submit_at(0.0, prompt_tokens=100, max_tokens=50)
+        e.submit(prompt_tokens=100, max_tokens=50)
     end = run_engine.start(0.0)  # the prefill
     assert end is not None
     run_engine.finish()
@@ -126,7 +127,8 @@ def test_a_run_cut_by_an_arrival_ends_at_the_step_the_arrival_joins(speed: Any) 
     end = run_engine.start(t)  # 49 decode steps at once
     assert run_engine.plan is not None and run_engine.plan.k == 49
     arrival = t + 0.3
-    run_engine.submit_at(arrival, prompt_tokens=10, max_tokens=5)
+    clock.t = arrival
+    run_engine.submit(prompt_tokens=10, max_tokens=5)
     assert run_engine.joins()
     cut = run_engine.cut(arrival)
     assert cut is not None and cut >= arrival
@@ -196,7 +198,7 @@ def test_the_autoscaler_adds_cards_that_serve_only_after_their_cold_start(
         assert c.backend.up and c.ready_s == c.added_s + 120
     first = min(c.added_s for c in added)
     before = [s for m, w in fleet.stats.minutes.items() for s in w.samples]
-    up_early = [s["cards_up"] for s in before if s.get("t", 0) < first + 120]
+    up_early = [s["cards_up"] for s in before if s["t"] < first + 120]
     assert max(up_early, default=2) == 2
     assert fleet.gpu_hours() > 2 * 300 / 3600
 

@@ -107,8 +107,6 @@ def options_from_args(args: argparse.Namespace) -> Any:
         if name != "gamma" or not cv > 0 or not math.isfinite(cv):
             raise WorkloadError(f"{arrival!r} must be gamma:cv=N with N > 0", field="arrival")
         arrival = "gamma"
-    if arrival == "trace" and trace is None:
-        raise WorkloadError("`--arrival trace` needs --trace FILE", field="arrival")
     if args.trace_speed and arrival != "trace":
         raise WorkloadError(
             "--trace-speed scales a replayed trace (--arrival trace)", field="trace_speed"
@@ -128,8 +126,7 @@ def options_from_args(args: argparse.Namespace) -> Any:
     )
     rate = args.target_qps or w.target_qps
     speed = 1.0
-    if arrival == "trace":
-        assert trace is not None
+    if arrival == "trace" and trace:  # without one, Workload refuses `--arrival trace`
         speed = args.trace_speed or rate / tracefile.mean_rate(trace)
     workload = Workload(
         arrival=arrival, rate=rate, cv=cv, seed=args.seed, prompt=prompt, output=output,

@@ -165,6 +165,8 @@ class Batch:
 class Engine:
     """Continuous batching over `Sequence`s; `run()` is the step loop."""
 
+    sequence_type: type[Sequence] = Sequence  # what `submit` queues (whatif keeps counts only)
+
     def __init__(
         self,
         *,
@@ -211,7 +213,7 @@ class Engine:
             raise SequenceTooLong(
                 f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) exceeds {limit}"
             )
-        seq = Sequence(
+        seq = self.sequence_type(
             id=next(self._ids),
             prompt_tokens=prompt_tokens,
             max_tokens=max_tokens,

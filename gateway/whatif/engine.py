@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from gateway.sim.engine import Batch, Engine, EngineConfig, Sequence, SequenceTooLong, Speed
+from gateway.sim.engine import Batch, Engine, EngineConfig, Sequence, Speed
 
 AFFINE_RTOL = 1e-9  # the step time counts as affine in the context within this
 
@@ -92,30 +92,34 @@ class Run:
         return j
 
 
+class VirtualClock:
+    """The fleet's virtual time: `t` is set by the fleet as it takes each event."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep_until(self, t: float) -> None:
+        self.t = max(self.t, t)
+
+
 class VirtualEngine(Engine):
     """An Engine driven by its fleet (no `run()` loop): `start(t)` plans what follows `t`,
-    `finish(t)` applies it."""
+    `finish()` applies it. `submit` is Engine's, queueing Tallies at the clock's time."""
 
-    def __init__(self, *, config: EngineConfig, speed: Speed, runs: bool = True) -> None:
-        super().__init__(config=config, speed=speed, slowdown=lambda: self.factor)
+    sequence_type = Tally
+
+    def __init__(
+        self, *, config: EngineConfig, speed: Speed, clock: VirtualClock, runs: bool = True
+    ) -> None:
+        super().__init__(config=config, speed=speed, clock=clock, slowdown=lambda: self.factor)
         self.runs = runs  # False: every step on its own, as Engine.run takes them
         self.factor = 1.0  # the `slowdown` fault: every step takes this many times as long
         self.plan: Run | None = None  # the step or run of steps under way (None: idle)
         self.steps = 0  # steps applied, for the simulator's speed figures
         self.starts = 0  # steps or runs of steps planned: the engine's wake-ups
-        self.tokens = 0  # tokens generated
-
-    def submit_at(self, t: float, *, prompt_tokens: int, max_tokens: int) -> Tally:
-        seq = Tally(
-            id=next(self._ids), prompt_tokens=prompt_tokens, max_tokens=max_tokens, arrival_s=t
-        )
-        limit = self.config.context_limit
-        if prompt_tokens + max_tokens > limit:
-            raise SequenceTooLong(
-                f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) exceeds {limit}"
-            )
-        self._waiting.append(seq)
-        return seq
 
     def joins(self) -> bool:
         """Whether a waiting sequence would join the next step (a run under way must stop)."""
@@ -181,12 +185,8 @@ class VirtualEngine(Engine):
         self.steps += j
         batch = run.batch
         if run.k == 1:  # one step, whatever it holds: the engine's own bookkeeping
-            self.tokens += len(batch.decode) + sum(
-                [s.prefilled + chunk == s.prompt_tokens for s, chunk in batch.prefill]
-            )
             self.complete(batch, end)
             return end
-        self.tokens += j * len(batch.decode)
         for seq in batch.decode:
             if seq.state != "running":
                 continue
@@ -202,9 +202,7 @@ class VirtualEngine(Engine):
         The steps of a run that ended by `t` count as taken, as they were one by one."""
         run = self.plan
         if run is not None and run.k > 1:
-            done = self._done_by(run, t)
-            self.steps += done
-            self.tokens += done * len(run.batch.decode)
+            self.steps += self._done_by(run, t)
         seqs = [*self._running, *self._waiting]
         self.plan = None
         self._running.clear()
@@ -217,11 +215,10 @@ class VirtualEngine(Engine):
     def kv_used(self, t: float) -> float:
         """The engine's KV usage gauge at `t`: within a run, with the tokens of its steps that
         ended by then (a scrape mid-run sees them, as a real engine's gauge would)."""
-        held = sum(s.context for s in self._running)
         run = self.plan
-        if run is not None and run.k > 1:
-            held += self._done_by(run, t) * len(run.batch.decode)
-        return held / self.config.kv_tokens
+        if run is None or run.k == 1:
+            return self.kv_usage
+        return self.kv_usage + self._done_by(run, t) * len(run.batch.decode) / self.config.kv_tokens
 
     @staticmethod
     def _done_by(run: Run, t: float) -> int:

@@ -36,7 +36,7 @@ from gateway.server.policy import RouteRequest, make_policy
 from gateway.server.scrape import engine_load
 from gateway.sim.card import Card
 from gateway.sim.engine import SequenceTooLong
-from gateway.whatif.engine import Tally, VirtualEngine
+from gateway.whatif.engine import Tally, VirtualClock, VirtualEngine
 from gateway.whatif.events import Autoscale, Event
 from gateway.whatif.stats import Stats
 from gateway.whatif.workload import Arrival
@@ -127,7 +127,7 @@ class Fleet:
         self.config = config
         self.duration_s = duration_s
         self.gpus_per_card = gpus_per_card
-        self.now = 0.0
+        self.clock = VirtualClock()  # every engine's, and the fleet's `now`
         self._heap: list[tuple[float, int, int, Any]] = []
         self._order = itertools.count()
         self._ids = itertools.count()
@@ -159,11 +159,17 @@ class Fleet:
         i = len(self.cards)
         bc = replace(self.config.backends[0], name=f"card-{i}", url=f"http://card-{i}:8000")
         b = Backend(bc, index=i)
-        engine = VirtualEngine(config=self.card.engine, speed=self.card.speed, runs=self.runs)
+        engine = VirtualEngine(
+            config=self.card.engine, speed=self.card.speed, clock=self.clock, runs=self.runs
+        )
         card = SimCard(index=i, backend=b, engine=engine, added_s=self.now, ready_s=ready_s)
         self.cards.append(card)
         self.backends.append(b)
         return card
+
+    @property
+    def now(self) -> float:
+        return self.clock.t
 
     def _push(self, t: float, kind: int, obj: Any) -> None:
         heapq.heappush(self._heap, (t, kind, next(self._order), obj))
@@ -172,14 +178,14 @@ class Fleet:
 
     def run(self, *, progress: Callable[[float], None] | None = None) -> Stats:
         """Until `duration_s` of virtual time has passed and what arrived by then has ended."""
-        heap, pop = self._heap, heapq.heappop
+        heap, pop, clock = self._heap, heapq.heappop, self.clock
         next_report = 60.0
         while heap:
             t, kind, _, obj = pop(heap)
             late = t >= self.duration_s and kind not in (STEP, HANDOFF, TIMEOUT, ARRIVE)
             if late and (kind in (SCRIPT, SCALE) or not self._busy()):
                 continue  # from the end on only what is under way goes on
-            self.now = t
+            clock.t = t
             if kind == STEP:
                 card, gen = obj
                 if gen == card.gen and card.alive:
@@ -254,13 +260,12 @@ class Fleet:
         request.card = card
         card.backend.served += 1
         try:
-            seq = card.engine.submit_at(
-                self.now, prompt_tokens=request.prompt, max_tokens=request.output
-            )
+            seq = card.engine.submit(prompt_tokens=request.prompt, max_tokens=request.output)
         except SequenceTooLong:
             self.admission.release(card.backend)
             self.stats.failed(request, self.now, "too_long")
             return
+        assert isinstance(seq, Tally)
         seq.request = request
         seq.on_end = self._ended
         request.seq = seq
@@ -271,19 +276,24 @@ class Fleet:
         """Work arrived on `card`: start it if idle, or end a run of decode steps early at the
         step where the new sequence could join."""
         engine = card.engine
-        plan = engine.plan
-        if plan is None:
+        if engine.plan is None:
             self._start(card)
-        elif plan.k > 1 and engine.joins():
-            end = engine.cut(self.now)
-            if end is not None:
-                card.gen += 1
-                self._push(end, STEP, (card, card.gen))
+        elif engine.joins():
+            self._cut(card)
 
     def _start(self, card: SimCard) -> None:
-        end = card.engine.start(self.now)
+        self._step_ends(card, card.engine.start(self.now))
+
+    def _cut(self, card: SimCard) -> None:
+        """End `card`'s run of steps at the first step end from now (a single step runs on)."""
+        plan = card.engine.plan
+        if plan is not None and plan.k > 1:
+            self._step_ends(card, card.engine.cut(self.now))
+
+    def _step_ends(self, card: SimCard, end: float | None) -> None:
+        """The card's work now ends at `end` (None: as planned before, or idle)."""
         if end is not None:
-            card.gen += 1
+            card.gen += 1  # the step event pushed before is stale from now
             self._push(end, STEP, (card, card.gen))
 
     def _ended(self, seq: Tally) -> None:
@@ -357,11 +367,7 @@ class Fleet:
         elif e.action == "slow":
             for card in alive[: e.cards]:
                 card.engine.factor = e.factor
-                if card.engine.plan is not None and card.engine.plan.k > 1:
-                    end = card.engine.cut(self.now)
-                    if end is not None:
-                        card.gen += 1
-                        self._push(end, STEP, (card, card.gen))
+                self._cut(card)
 
     def _add(self, n: int, *, cold_start_s: float) -> None:
         for _ in range(n):

@@ -13,7 +13,7 @@ import math
 import multiprocessing
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -150,7 +150,3 @@ def run(options: WhatifOptions) -> Result:
         policy=parts[0]["policy"],
         cards_at_end=sum(p["cards_at_end"] for p in parts),
     )
-
-
-def percentile_keys() -> Sequence[str]:
-    return [f"{m}_p{q}_s" for m in ("ttft", "tpot", "e2e") for q in (50, 95, 99)]

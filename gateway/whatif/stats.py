@@ -18,22 +18,19 @@ LOWEST_S = 1e-5
 
 
 class LogHistogram:
-    __slots__ = ("counts", "n", "total")
+    __slots__ = ("counts", "n")
 
     def __init__(self) -> None:
         self.counts: Counter[int] = Counter()
         self.n = 0
-        self.total = 0.0
 
     def add(self, value: float) -> None:
         self.counts[int(math.log(max(value, LOWEST_S) / LOWEST_S) / BIN)] += 1
         self.n += 1
-        self.total += value
 
     def merge(self, other: LogHistogram) -> None:
         self.counts.update(other.counts)
         self.n += other.n
-        self.total += other.total
 
     def quantile(self, q: float) -> float:
         """The q-quantile (0..1), at its bin's middle; NaN when empty."""
@@ -46,10 +43,6 @@ class LogHistogram:
             if seen > rank:
                 return LOWEST_S * math.exp((b + 0.5) * BIN)
         return math.nan
-
-    @property
-    def mean(self) -> float:
-        return self.total / self.n if self.n else math.nan
 
 
 @dataclass

@@ -39,14 +39,6 @@ class Lengths:
             return max(1, round(_quantile(self.points, 100 * rng.random())))
         return self.fixed
 
-    @property
-    def mean(self) -> float:
-        if self.sample:
-            return sum(self.sample) / len(self.sample)
-        if self.points:
-            return sum(_quantile(self.points, p + 0.5) for p in range(100)) / 100
-        return float(self.fixed)
-
 
 def _quantile(points: Sequence[tuple[float, int]], p: float) -> float:
     """Piecewise linear through the points; below the first or above the last, flat."""
